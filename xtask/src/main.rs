@@ -1,1 +1,78 @@
-fn main(){}
+//! `cargo xtask`: the developer workflow for the platform, from prerequisites
+//! and the SSH tunnel to Redis checks and the services.
+//!
+//! This file only parses flags, finds the workspace root and dispatches; each
+//! subcommand lives in its own module and the work itself in `crates/`.
+
+mod ci;
+mod context;
+mod env;
+mod output;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use context::{Context, GlobalArgs, UsageError};
+use std::process::ExitCode;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the thing checked is not right (a doctor [✗], a failed check, a service failed)
+  2  usage or configuration error
+  tunnel status: 0 up and healthy, 1 degraded or reconnecting, 3 not running, 4 unknown";
+
+/// The developer workflow: checks, SSH tunnel to Redis, and the platform's services.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show every effective variable, its value (secrets redacted) and where it came from.
+    Env(env::EnvArgs),
+    /// Install what the tests need, then run fmt, clippy and the whole test suite.
+    Ci(ci::CiArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell to generate completions for.
+        shell: clap_complete::Shell,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = match Context::new(cli.global) {
+        Ok(ctx) => ctx,
+        Err(err) => return report(&err, None),
+    };
+    let result = match cli.command {
+        Command::Env(args) => env::run(args, &ctx),
+        Command::Ci(args) => ci::run(args, &ctx),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "cargo-xtask", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => report(&err, Some(&ctx)),
+    }
+}
+
+/// The one place that prints an error and picks its exit code.
+fn report(err: &anyhow::Error, ctx: Option<&Context>) -> ExitCode {
+    let color = ctx.is_some_and(|c| c.out.color);
+    output::error_line(color, &format!("{err:#}"));
+    let usage =
+        err.chain().any(|cause| cause.is::<mesh_config::ConfigError>() || cause.is::<UsageError>());
+    if usage {
+        ExitCode::from(2)
+    } else {
+        ExitCode::from(1)
+    }
+}

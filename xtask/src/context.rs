@@ -1,0 +1,110 @@
+//! What every subcommand is handed: the workspace root, the global flags and
+//! the output settings, and a way to load the configuration.
+
+use crate::output::{ColorChoice, Output};
+use anyhow::Context as _;
+use std::path::PathBuf;
+
+/// Flags every subcommand accepts.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Read this env file instead of .env and .env.local (repeatable; later files win).
+    #[arg(long = "env-file", value_name = "PATH", global = true)]
+    pub env_files: Vec<PathBuf>,
+    /// Set a variable, winning over the shell and every file (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE", global = true, value_parser = parse_assignment)]
+    pub set: Vec<(String, String)>,
+    /// Print results as JSON for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Log more (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Print only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Colour the output: auto (on a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
+    pub color: ColorChoice,
+}
+
+fn parse_assignment(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("`{raw}` is not NAME=VALUE: write it as --set REDIS_TUNNEL_PORT=6380")),
+    }
+}
+
+/// A usage error: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Shared by every subcommand.
+pub struct Context {
+    /// The workspace root (where `Cargo.toml`, `.env` and `services.toml` live).
+    pub root: PathBuf,
+    pub cwd: PathBuf,
+    pub global: GlobalArgs,
+    pub out: Output,
+}
+
+impl Context {
+    pub fn new(global: GlobalArgs) -> anyhow::Result<Context> {
+        let out = Output::new(global.color, global.json, global.quiet);
+        init_tracing(global.verbose, global.quiet, out.color);
+        let cwd = std::env::current_dir().context("read the current directory")?;
+        let root = workspace_root();
+        Ok(Context { root, cwd, global, out })
+    }
+
+    /// Loads the configuration with the given sandbox layer (empty outside the
+    /// sandbox) and prints its warnings.
+    pub fn config_with(
+        &self,
+        sandbox: Vec<(String, String)>,
+    ) -> anyhow::Result<mesh_config::Config> {
+        let options = mesh_config::LoadOptions {
+            root: self.root.clone(),
+            cwd: self.cwd.clone(),
+            env_files: self.global.env_files.clone(),
+            flags: self.global.set.clone(),
+            sandbox,
+            shell: std::env::vars().collect(),
+        };
+        let config = mesh_config::load(&options)?;
+        for finding in &config.warnings {
+            self.out.warn(&finding.to_string());
+        }
+        Ok(config)
+    }
+
+    /// Loads the configuration from flags, the shell and the env files.
+    pub fn config(&self) -> anyhow::Result<mesh_config::Config> {
+        self.config_with(Vec::new())
+    }
+}
+
+/// The workspace root: cargo tells the alias where the manifest is; fall back
+/// to the directory this binary was built from.
+fn workspace_root() -> PathBuf {
+    let xtask_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    xtask_dir.parent().map(PathBuf::from).unwrap_or(xtask_dir)
+}
+
+fn init_tracing(verbose: u8, quiet: bool, color: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(color)
+        .with_target(false)
+        .try_init();
+}

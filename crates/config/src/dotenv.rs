@@ -49,13 +49,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<FileEntry>, SyntaxError> {
     let parsed: Result<Vec<(String, String)>, _> =
         dotenvy::from_read_iter(text.as_bytes()).collect();
     let parsed = parsed.map_err(|e| {
-        let line = match &e {
-            dotenvy::Error::LineParse(bad, _) => {
-                chunks.iter().find(|c| c.text.trim_end() == bad.trim_end()).map_or(1, |c| c.line)
-            }
-            _ => 1,
+        let fragment = match &e {
+            dotenvy::Error::LineParse(bad, _) => bad.trim().to_string(),
+            _ => String::new(),
         };
-        err(line, format!("cannot be parsed as NAME=value ({e}); check the quoting on this line"))
+        let chunk = chunks.iter().find(|c| {
+            matches!(c.kind, ChunkKind::Assignment) && c.text.contains(fragment.as_str())
+        });
+        let value = chunk.and_then(|c| c.text.split_once('=')).map(|(_, v)| v.trim());
+        let message = match value {
+            Some(v) if !v.starts_with(['"', '\'']) && v.contains(char::is_whitespace) => {
+                "the value has spaces but no quotes: wrap it in double quotes".to_string()
+            }
+            _ => format!("cannot be read as NAME=value ({e}): check the quoting"),
+        };
+        err(chunk.map_or(1, |c| c.line), message)
     })?;
 
     Ok(parsed
@@ -220,6 +228,14 @@ mod tests {
             error("A=1\nREDIS_PASSWORD=\"abc\nB=2\n"),
             ".env:2: unbalanced quote: the \" opened here is never closed; \
              close it on the same line, or escape it as \\\""
+        );
+    }
+
+    #[test]
+    fn fail_unquoted_value_with_spaces_asks_for_quotes() {
+        assert_eq!(
+            error("A=1\nTUNNEL_EXTRA_FORWARDS=6381:a:6380, 6382:b:6380\n"),
+            ".env:2: the value has spaces but no quotes: wrap it in double quotes"
         );
     }
 

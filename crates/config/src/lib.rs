@@ -64,7 +64,7 @@ pub enum ConfigError {
 }
 
 /// One effective variable and where its value came from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Value {
     /// The canonical name (aliases are folded into it).
     pub name: String,
@@ -72,6 +72,17 @@ pub struct Value {
     pub written_as: String,
     pub raw: String,
     pub origin: Origin,
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Value")
+            .field("name", &self.name)
+            .field("written_as", &self.written_as)
+            .field("raw", &self.display_value())
+            .field("origin", &self.origin)
+            .finish()
+    }
 }
 
 impl Value {

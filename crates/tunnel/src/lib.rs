@@ -1,1 +1,3 @@
 //! (placeholder, replaced by the crate's work)
+
+pub mod control;

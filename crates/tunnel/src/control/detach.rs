@@ -1,0 +1,173 @@
+//! A detached start: the tunnel re-executed in its own session, its output in
+//! the log file, and the caller told only once every forward is verified.
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{request, ControlError, Reply, Request, StateDir, StatusReply, LOG_ROTATE_BYTES};
+
+/// How to run the tunnel in the background.
+#[derive(Clone, Debug)]
+pub struct DetachRequest {
+    /// The binary, usually `std::env::current_exe()`.
+    pub program: PathBuf,
+    /// Its arguments: a foreground start of the same configuration.
+    pub args: Vec<OsString>,
+    /// Variables set for the child only (a passphrase read from the terminal
+    /// goes here, never in `args`).
+    pub env: Vec<(OsString, OsString)>,
+    /// How long the child may take to verify every forward.
+    pub wait: Duration,
+}
+
+/// Starts the tunnel in the background and waits until its control socket
+/// answers `status` (it serves the socket only once every forward is
+/// verified). When the child exits first, or `wait` runs out (the child is
+/// then stopped), the error carries the tail of its log.
+pub async fn start_detached(
+    state: &StateDir,
+    req: DetachRequest,
+) -> Result<StatusReply, ControlError> {
+    state.create()?;
+    let log_offset = prepare_log(state)?;
+    let log_err = |source| ControlError::Io { path: state.log_file.clone(), source };
+    let log =
+        OpenOptions::new().create(true).append(true).open(&state.log_file).map_err(log_err)?;
+    let log2 = log.try_clone().map_err(log_err)?;
+
+    let mut command = Command::new(&req.program);
+    command.args(&req.args).envs(req.env.iter().map(|(k, v)| (k, v)));
+    command.stdin(Stdio::null()).stdout(log).stderr(log2);
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours; it
+    // detaches the child from our terminal, so closing it sends no SIGHUP.
+    unsafe {
+        command.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|source| ControlError::Spawn { program: req.program.clone(), source })?;
+    let pid = child.id();
+    tracing::info!(pid, log = %state.log_file.display(), "tunnel process started in the background");
+
+    let deadline = Instant::now() + req.wait;
+    loop {
+        if let Some(status) = child.try_wait().map_err(log_err)? {
+            let log_tail = read_from(state, log_offset);
+            return Err(ControlError::ChildFailed {
+                status,
+                log: state.log_file.clone(),
+                log_tail,
+            });
+        }
+        if let Ok(Reply::Status(status)) =
+            request(&state.socket, Request::Status, Duration::from_secs(2)).await
+        {
+            if status.pid == pid {
+                return Ok(status);
+            }
+        }
+        if Instant::now() >= deadline {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+            return Err(ControlError::StartTimeout {
+                pid,
+                waited_s: req.wait.as_secs(),
+                log: state.log_file.clone(),
+                log_tail: read_from(state, log_offset),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Rotates a log past [`LOG_ROTATE_BYTES`] to `tunnel.log.1` and returns the
+/// offset where this run's output will start.
+fn prepare_log(state: &StateDir) -> Result<u64, ControlError> {
+    let len = std::fs::metadata(&state.log_file).map(|m| m.len()).unwrap_or(0);
+    if len <= LOG_ROTATE_BYTES {
+        return Ok(len);
+    }
+    std::fs::rename(&state.log_file, state.log_file.with_extension("log.1"))
+        .map_err(|source| ControlError::Io { path: state.log_file.clone(), source })?;
+    Ok(0)
+}
+
+/// This run's part of the log (its last 40 lines), for an error message.
+fn read_from(state: &StateDir, offset: u64) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = std::fs::File::open(&state.log_file) {
+        let _ = file.seek(SeekFrom::Start(offset));
+        let mut bytes = Vec::new();
+        let _ = file.read_to_end(&mut bytes);
+        text = String::from_utf8_lossy(&bytes).into_owned();
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{StateRoot, TunnelId};
+
+    #[tokio::test]
+    async fn detached_child_that_exits_reports_its_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateRoot { dir: tmp.path().into(), runtime_dir: None }.tunnel(&TunnelId::new(
+            "b",
+            22,
+            "u",
+            &[],
+        ));
+        state.create().unwrap();
+        std::fs::write(&state.log_file, "an earlier run\n").unwrap();
+        let req = DetachRequest {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "echo \"bastion refused the key\" >&2; exit 3".into()],
+            env: vec![],
+            wait: Duration::from_secs(10),
+        };
+        match start_detached(&state, req).await.unwrap_err() {
+            ControlError::ChildFailed { status, log_tail, .. } => {
+                assert_eq!(status.code(), Some(3));
+                assert_eq!(log_tail, "bastion refused the key");
+            }
+            other => panic!("expected ChildFailed, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn detached_child_that_never_verifies_is_stopped_at_the_deadline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateRoot { dir: tmp.path().into(), runtime_dir: None }.tunnel(&TunnelId::new(
+            "b",
+            22,
+            "u",
+            &[],
+        ));
+        let req = DetachRequest {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "echo connecting; exec sleep 30".into()],
+            env: vec![],
+            wait: Duration::from_millis(500),
+        };
+        match start_detached(&state, req).await.unwrap_err() {
+            ControlError::StartTimeout { pid, log_tail, .. } => {
+                assert_eq!(log_tail, "connecting");
+                // The child is gone (reaped): signalling it fails.
+                assert!(
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err()
+                );
+            }
+            other => panic!("expected StartTimeout, got {other:?}"),
+        }
+    }
+}

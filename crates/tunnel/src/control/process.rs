@@ -1,0 +1,237 @@
+//! Stopping a tunnel: over its control socket, else by its recorded pid once
+//! the process is proven ours, and cleaning what a crashed run left behind.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::{request, ControlError, Reply, Request, StateDir};
+
+/// How `stop` ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// No tunnel ran; `cleaned` lists the stale files removed (a crashed run's
+    /// pid file or socket), empty when there were none.
+    NotRunning { cleaned: Vec<PathBuf> },
+    /// The tunnel with this pid is gone.
+    Stopped { pid: Option<u32>, via: StopVia },
+}
+
+/// Which way a running tunnel was stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopVia {
+    /// A `stop` request on the control socket: a graceful shutdown.
+    ControlSocket,
+    /// SIGTERM to the recorded pid (the socket did not answer).
+    Sigterm,
+    /// SIGKILL after SIGTERM went unanswered for the grace period.
+    Sigkill,
+}
+
+/// Stops the tunnel of `state`: a `stop` on the control socket first; when it
+/// does not answer, SIGTERM to the recorded pid after checking the process
+/// runs our binary (`exes`: the binaries a tunnel of ours may run), SIGKILL
+/// after `grace`. A pid file nobody locks is stale: it is removed and no
+/// process is signalled, whoever has that pid now.
+pub async fn stop(
+    state: &StateDir,
+    exes: &[PathBuf],
+    grace: Duration,
+) -> Result<StopOutcome, ControlError> {
+    if !state.is_locked()? {
+        let cleaned = state.remove_stale()?;
+        if !cleaned.is_empty() {
+            tracing::info!(id = %state.id, ?cleaned, "removed stale tunnel state");
+        }
+        return Ok(StopOutcome::NotRunning { cleaned });
+    }
+
+    let pid = state.read_pid()?;
+    match request(&state.socket, Request::Stop, grace).await {
+        Ok(Reply::Stopped { .. }) if wait_unlocked(state, grace).await? => {
+            return Ok(StopOutcome::Stopped { pid, via: StopVia::ControlSocket });
+        }
+        Ok(reply) => {
+            tracing::warn!(id = %state.id, ?reply, "stop over the control socket did not finish")
+        }
+        Err(error) => {
+            tracing::info!(id = %state.id, %error, "control socket unavailable, using the pid")
+        }
+    }
+
+    let Some(pid) = pid else {
+        // Locked but no pid yet: a start in its first instant. Wait for it.
+        return Err(ControlError::BadPidFile { path: state.pid_file.clone(), text: String::new() });
+    };
+    if let Err(exe) = is_ours(pid, exes) {
+        return Err(ControlError::NotOurProcess { pid, exe, pid_file: state.pid_file.clone() });
+    }
+    let via = terminate(state, pid, grace).await?;
+    state.remove_stale()?;
+    Ok(StopOutcome::Stopped { pid: Some(pid), via })
+}
+
+/// SIGTERM, then SIGKILL after `grace`; done when the pid file's lock is free
+/// (the kernel releases it as the process exits, zombie or not).
+async fn terminate(state: &StateDir, pid: u32, grace: Duration) -> Result<StopVia, ControlError> {
+    let target = Pid::from_raw(pid as i32);
+    tracing::info!(pid, "sending SIGTERM");
+    if kill(target, Signal::SIGTERM).is_err() || wait_unlocked(state, grace).await? {
+        return Ok(StopVia::Sigterm);
+    }
+    tracing::warn!(pid, grace_s = grace.as_secs(), "no exit after SIGTERM, sending SIGKILL");
+    let _ = kill(target, Signal::SIGKILL);
+    if wait_unlocked(state, Duration::from_secs(5)).await? {
+        Ok(StopVia::Sigkill)
+    } else {
+        Err(ControlError::Unkillable { pid })
+    }
+}
+
+/// Polls until no process holds the pid file's lock; false on timeout.
+async fn wait_unlocked(state: &StateDir, timeout: Duration) -> Result<bool, ControlError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !state.is_locked()? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Checks that `pid` runs one of `exes` (compared after resolving symlinks; a
+/// binary replaced by a rebuild still counts). On failure gives what the
+/// process runs instead, for the message.
+pub fn is_ours(pid: u32, exes: &[PathBuf]) -> Result<(), String> {
+    let running =
+        running_exe(pid).ok_or_else(|| "an unknown program (cannot read it)".to_owned())?;
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    if exes.iter().any(|exe| canonical(exe) == running || *exe == running) {
+        Ok(())
+    } else {
+        Err(running.display().to_string())
+    }
+}
+
+/// The binary a process runs: `/proc/PID/exe` on Linux (minus the
+/// ` (deleted)` the kernel appends once a rebuild replaced the file), else
+/// the command `ps` reports.
+fn running_exe(pid: u32) -> Option<PathBuf> {
+    match std::fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(path) => {
+            let text = path.to_string_lossy();
+            Some(PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(&text)))
+        }
+        Err(_) if Path::new("/proc/self/exe").exists() => None,
+        // FIXME: without /proc (macOS) `ps -o comm=` gives the path the
+        // process was started with, which may be relative; a tunnel started
+        // through a relative path is then not recognized and must be stopped
+        // over its control socket or by hand.
+        Err(_) => {
+            let out = std::process::Command::new("ps")
+                .args(["-o", "comm=", "-p", &pid.to_string()])
+                .output()
+                .ok()?;
+            let comm = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            (!comm.is_empty()).then(|| PathBuf::from(comm))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{StateRoot, TunnelId};
+    use std::process::{Child, Command};
+
+    /// A process that is not ours, killed when the test ends.
+    struct Sleeper(Child);
+
+    impl Sleeper {
+        fn start() -> Self {
+            Sleeper(Command::new("sleep").arg("300").spawn().expect("`sleep` runs (coreutils)"))
+        }
+        fn pid(&self) -> u32 {
+            self.0.id()
+        }
+        fn is_alive(&mut self) -> bool {
+            self.0.try_wait().unwrap().is_none()
+        }
+    }
+
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn our_exes() -> Vec<PathBuf> {
+        vec![std::env::current_exe().unwrap()]
+    }
+
+    #[tokio::test]
+    async fn stale_pid_file_is_cleaned_without_signalling_its_pid() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateRoot { dir: tmp.path().into(), runtime_dir: None }.tunnel(&TunnelId::new(
+            "b",
+            22,
+            "u",
+            &[],
+        ));
+        state.create().unwrap();
+        let mut sleeper = Sleeper::start();
+        std::fs::write(&state.pid_file, format!("{}\n", sleeper.pid())).unwrap();
+        std::fs::write(&state.socket, b"").unwrap();
+
+        let outcome = stop(&state, &our_exes(), Duration::from_secs(1)).await.unwrap();
+        assert_eq!(
+            outcome,
+            StopOutcome::NotRunning { cleaned: vec![state.socket.clone(), state.pid_file.clone()] }
+        );
+        assert!(sleeper.is_alive());
+        assert!(!state.pid_file.exists() && !state.socket.exists());
+
+        let again = stop(&state, &our_exes(), Duration::from_secs(1)).await.unwrap();
+        assert_eq!(again, StopOutcome::NotRunning { cleaned: vec![] });
+    }
+
+    #[tokio::test]
+    async fn locked_pid_file_naming_another_program_is_refused_not_killed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateRoot { dir: tmp.path().into(), runtime_dir: None }.tunnel(&TunnelId::new(
+            "b",
+            22,
+            "u",
+            &[],
+        ));
+        let _lock = state.lock().unwrap();
+        let mut sleeper = Sleeper::start();
+        // The lock is held (by this test) but the pid names `sleep`, and the
+        // control socket does not exist.
+        std::fs::write(&state.pid_file, format!("{}\n", sleeper.pid())).unwrap();
+
+        let err = stop(&state, &our_exes(), Duration::from_millis(200)).await.unwrap_err();
+        match &err {
+            ControlError::NotOurProcess { pid, exe, .. } => {
+                assert_eq!(*pid, sleeper.pid());
+                assert!(exe.ends_with("/sleep"), "{exe}");
+            }
+            other => panic!("expected NotOurProcess, got {other:?}"),
+        }
+        assert!(err.to_string().contains("not signalling it"));
+        assert!(sleeper.is_alive());
+    }
+
+    #[test]
+    fn is_ours_recognizes_our_binary_only() {
+        assert_eq!(is_ours(std::process::id(), &our_exes()), Ok(()));
+        let sleeper = Sleeper::start();
+        assert!(is_ours(sleeper.pid(), &our_exes()).is_err());
+    }
+}

@@ -132,10 +132,9 @@ pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
     let files = files_to_read(options)?;
     let mut layered: BTreeMap<String, Value> = BTreeMap::new();
 
-    for path in &files {
+    for (path, shown) in &files {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-        let shown = display_path(path, &options.root);
         let entries = dotenv::parse(&shown, &text).map_err(ConfigError::Syntax)?;
         let layer = entries.into_iter().map(|e| {
             let origin = Origin::File { path: shown.clone(), line: e.line };
@@ -156,15 +155,21 @@ pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
     }
 
     let shell_map = options.shell.iter().cloned().collect();
+    let files = files.into_iter().map(|(path, _)| path).collect();
     resolve::resolve(layered, shell_map, files, warnings)
 }
 
 /// `--env-file` paths when given (each must exist), else the root's `.env`
-/// and `.env.local` that exist.
-fn files_to_read(options: &LoadOptions) -> Result<Vec<PathBuf>, ConfigError> {
+/// and `.env.local` that exist; each with the path shown in messages (as the
+/// user wrote it, or relative to the workspace root).
+fn files_to_read(options: &LoadOptions) -> Result<Vec<(PathBuf, PathBuf)>, ConfigError> {
     if options.env_files.is_empty() {
         let defaults = [options.root.join(".env"), options.root.join(".env.local")];
-        return Ok(defaults.into_iter().filter(|p| p.is_file()).collect());
+        return Ok(defaults
+            .into_iter()
+            .filter(|p| p.is_file())
+            .map(|p| (p.clone(), display_path(&p, &options.root)))
+            .collect());
     }
     options
         .env_files
@@ -172,7 +177,7 @@ fn files_to_read(options: &LoadOptions) -> Result<Vec<PathBuf>, ConfigError> {
         .map(|p| {
             let path = if p.is_absolute() { p.clone() } else { options.cwd.join(p) };
             if path.is_file() {
-                Ok(path)
+                Ok((path, p.clone()))
             } else {
                 Err(ConfigError::EnvFileMissing { path: p.clone(), cwd: options.cwd.clone() })
             }

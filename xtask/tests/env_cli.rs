@@ -1,0 +1,137 @@
+//! `cargo xtask env` and the global conventions, through the built binary:
+//! exit codes, exact error text, redaction and `--json`.
+
+use std::process::{Command, Output};
+
+/// Runs the xtask binary in `dir` with a clean, known environment.
+fn xtask(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.current_dir(dir).args(args).env_clear().env("HOME", dir).env("NO_COLOR", "1");
+    cmd.env("XTASK_STATE_DIR", dir.join("state"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn env_shows_value_and_source_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sample.env"),
+        "BASTION_HOST_IP=10.0.1.5\nELASTICACHE_ENDPOINT=c.example:6380\nREDIS_PASSWORD=hunter2\n\
+         REDIS_TUNNEL_PORT=6390\n",
+    )
+    .unwrap();
+    let out =
+        xtask(dir.path(), &["--env-file", "sample.env", "env"], &[("REDIS_TUNNEL_PORT", "7000")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let line = |name: &str| {
+        let l = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap();
+        l.split_whitespace().map(str::to_string).collect::<Vec<_>>()
+    };
+    assert_eq!(line("BASTION_HOST_IP"), ["BASTION_HOST_IP", "10.0.1.5", "sample.env:1"]);
+    assert_eq!(line("REDIS_TUNNEL_PORT"), ["REDIS_TUNNEL_PORT", "7000", "shell"]);
+    assert_eq!(line("REDIS_PASSWORD"), ["REDIS_PASSWORD", "***", "sample.env:3"]);
+    assert_eq!(line("BASTION_PORT"), ["BASTION_PORT", "22", "default"]);
+    assert!(!text.contains("hunter2") && !stderr(&out).contains("hunter2"));
+
+    let out = xtask(dir.path(), &["--env-file", "sample.env", "env", "--json"], &[]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let password = json["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "REDIS_PASSWORD")
+        .unwrap();
+    assert_eq!(password["value"], "***");
+    assert_eq!(password["source"]["line"], 3);
+}
+
+#[test]
+fn fail_bad_port_exits_2_naming_file_line_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.env"), "# ports\nREDIS_TUNNEL_PORT=70000\n").unwrap();
+    let out = xtask(dir.path(), &["--env-file", "bad.env", "env"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: bad.env:2: REDIS_TUNNEL_PORT=70000: 70000 is out of range: use a number from 1 \
+         to 65535\n"
+    );
+}
+
+#[test]
+fn fail_line_without_equals_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.env"), "BASTION_PORT 22\n").unwrap();
+    let out = xtask(dir.path(), &["--env-file", "bad.env", "env"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: bad.env:1: `BASTION_PORT` has no `=`: write it as `BASTION_PORT=value`, or \
+         comment it out with `#`\n"
+    );
+}
+
+#[test]
+fn fail_missing_env_file_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = xtask(dir.path(), &["--env-file", "nope.env", "env"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: --env-file nope.env: no such file; check the path (a relative path is \
+             taken from {})\n",
+            dir.path().canonicalize().unwrap().display()
+        )
+    );
+}
+
+#[test]
+fn near_miss_name_warns_with_did_you_mean() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.env"), "BASTION_HOST=10.0.0.1\n").unwrap();
+    let out = xtask(dir.path(), &["--env-file", "a.env", "env"], &[]);
+    assert!(out.status.success());
+    assert_eq!(
+        stderr(&out),
+        "warning: a.env:1: BASTION_HOST is not a variable this tool reads; did you mean \
+         BASTION_HOST_IP?\n"
+    );
+}
+
+#[test]
+fn env_example_loads_without_errors_or_warnings() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../.env.example");
+    let dir = tempfile::tempdir().unwrap();
+    let out = xtask(dir.path(), &["--env-file", example, "env"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+}
+
+#[test]
+fn bad_set_flag_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = xtask(dir.path(), &["--set", "NOEQUALS", "env"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("`NOEQUALS` is not NAME=VALUE"), "{}", stderr(&out));
+}
+
+#[test]
+fn completions_are_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = xtask(dir.path(), &["completions", "bash"], &[]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("cargo-xtask"));
+}

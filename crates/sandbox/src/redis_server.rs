@@ -1,0 +1,207 @@
+//! A real `redis-server` on a free loopback port, password-protected, with no
+//! persistence, living in the sandbox's directory; installed with apt when
+//! missing and we run as root.
+
+use crate::net::{free_loopback_port, random_token};
+use crate::{Result, SandboxError};
+use mesh_config::Secret;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// The command that installs `redis-server` (and `redis-cli`) on Debian and Ubuntu.
+pub const REDIS_INSTALL_COMMAND: &str = "sudo apt-get install -y redis-server redis-tools";
+
+/// How long redis-server gets to answer PING after it was started.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long redis-server gets to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A `redis-server` child with `requirepass`, bound to 127.0.0.1 only. Dropping
+/// it stops the server.
+pub struct LocalRedis {
+    /// The server process; `None` once stopped.
+    child: Option<Child>,
+    /// The loopback port it listens on.
+    port: u16,
+    /// The generated `requirepass`, kept out of argv (it is in the config file).
+    password: Secret,
+    /// The server's log file, quoted in errors.
+    log: PathBuf,
+}
+
+impl LocalRedis {
+    /// Writes a config into `dir` and starts `redis-server` with it, returning
+    /// once the server answers an authenticated PING.
+    pub fn start(dir: &Path) -> Result<LocalRedis> {
+        let program = find_or_install_redis_server()?;
+        let port = free_loopback_port()?;
+        let password = Secret::new(random_token(32)?);
+        let config = dir.join("redis.conf");
+        let log = dir.join("redis.log");
+        write_config(&config, dir, &log, port, &password)?;
+
+        let child = Command::new(&program)
+            .arg(&config)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| SandboxError::Spawn { program: program.clone(), source })?;
+        let mut redis = LocalRedis { child: Some(child), port, password, log };
+        redis.wait_ready()?;
+        info!(port, pid = redis.pid(), "redis-server ready");
+        Ok(redis)
+    }
+
+    /// The loopback port of the server.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's `requirepass`.
+    pub fn password(&self) -> &Secret {
+        &self.password
+    }
+
+    /// The process id of the server, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops the server: SIGTERM, then SIGKILL if it has not exited in time.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                debug!(port = self.port, "redis-server stopped");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        warn!(port = self.port, "redis-server ignored SIGTERM; killing it");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(SandboxError::RedisExited {
+                        port: self.port,
+                        status: status.to_string(),
+                        log: self.log.clone(),
+                        tail: log_tail(&self.log),
+                    });
+                }
+            }
+            if authenticated_ping(self.port, &self.password) {
+                return Ok(());
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                self.stop();
+                return Err(SandboxError::RedisNotReady {
+                    port: self.port,
+                    waited_ms: started.elapsed().as_millis(),
+                    log: self.log.clone(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for LocalRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Finds `redis-server` on the PATH; when it is missing, installs it with apt
+/// if we are root and apt is there, else says how to install it.
+fn find_or_install_redis_server() -> Result<PathBuf> {
+    if let Ok(path) = which::which("redis-server") {
+        return Ok(path);
+    }
+    let root = nix::unistd::geteuid().is_root();
+    if !root || which::which("apt-get").is_err() {
+        return Err(SandboxError::RedisMissing { install: REDIS_INSTALL_COMMAND.to_string() });
+    }
+
+    warn!("redis-server is missing; installing it with apt-get (running as root)");
+    for args in [&["update"][..], &["install", "-y", "redis-server", "redis-tools"][..]] {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|source| SandboxError::Spawn { program: "apt-get".into(), source })?;
+        if !status.success() {
+            return Err(SandboxError::RedisInstall { status: status.to_string() });
+        }
+    }
+    which::which("redis-server")
+        .map_err(|_| SandboxError::RedisMissing { install: REDIS_INSTALL_COMMAND.to_string() })
+}
+
+/// The server's config: loopback only, the password, nothing saved to disk.
+/// The file is private to its owner because it holds the password.
+fn write_config(path: &Path, dir: &Path, log: &Path, port: u16, password: &Secret) -> Result<()> {
+    let text = format!(
+        "bind 127.0.0.1\nport {port}\nprotected-mode yes\nrequirepass {pw}\nsave \"\"\n\
+         appendonly no\ndaemonize no\ndir {dir:?}\nlogfile {log:?}\nloglevel notice\n",
+        pw = password.expose(),
+        dir = dir.display().to_string(),
+        log = log.display().to_string(),
+    );
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|err| SandboxError::io("create", path, err))?;
+    file.write_all(text.as_bytes()).map_err(|err| SandboxError::io("write", path, err))
+}
+
+/// True when the server on `port` answers AUTH and PING.
+pub(crate) fn authenticated_ping(port: u16, password: &Secret) -> bool {
+    let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let pw = password.expose();
+    let request = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{pw}\r\n*1\r\n$4\r\nPING\r\n", pw.len());
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let expected = b"+OK\r\n+PONG\r\n";
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 64];
+    while reply.len() < expected.len() {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+        }
+    }
+    reply == expected
+}
+
+/// The last lines of a log file, for an error message.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}

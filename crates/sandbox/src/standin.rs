@@ -1,0 +1,429 @@
+//! Stand-ins for the platform's three services, honouring their contract
+//! (ports, `/readyz`, `/health`) and moving real data through Redis: rest-api
+//! appends webhook events to a stream, the worker consumes and acknowledges
+//! them, mcp-server reports healthy once Redis answers.
+
+use anyhow::{bail, Context as _};
+use mesh_config::Secret;
+use redis::{IntoConnectionInfo, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tiny_http::{Header, Method, Request, Response, Server};
+
+/// The stream rest-api appends webhook events to.
+pub const STREAM: &str = "webhook-events";
+
+/// The consumer group the worker reads the stream with.
+pub const CONSUMER_GROUP: &str = "webhook-processors";
+
+/// The worker's consumer name; fixed, so a restarted worker finds the events it
+/// had read but not yet acknowledged.
+const CONSUMER: &str = "sandbox-worker";
+
+/// How often loops wake to notice a stop request.
+const TICK: Duration = Duration::from_millis(200);
+
+/// One of the platform's services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    RestApi,
+    McpServer,
+    Worker,
+}
+
+impl Role {
+    /// Every role, in start order.
+    pub const ALL: [Role; 3] = [Role::RestApi, Role::McpServer, Role::Worker];
+
+    /// The service's name, as the manifest and the CLI spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::RestApi => "rest-api",
+            Role::McpServer => "mcp-server",
+            Role::Worker => "worker",
+        }
+    }
+
+    /// The variable naming the service's port, and its default.
+    pub fn port_var(self) -> (&'static str, u16) {
+        match self {
+            Role::RestApi => ("REST_API_PORT", 8081),
+            Role::McpServer => ("MCP_SERVER_PORT", 8080),
+            Role::Worker => ("WORKER_PORT", 8088),
+        }
+    }
+
+    /// The readiness probe path of the contract.
+    pub fn ready_path(self) -> &'static str {
+        match self {
+            Role::RestApi => "/readyz",
+            Role::McpServer | Role::Worker => "/health",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Role::ALL.into_iter().find(|role| role.name() == name).ok_or_else(|| {
+            format!("unknown service `{name}`: expected rest-api, mcp-server or worker")
+        })
+    }
+}
+
+/// The variables a stand-in reads (the process environment, or a map in tests).
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+}
+
+impl Env {
+    /// The current process's environment.
+    pub fn from_process() -> Env {
+        Env { vars: std::env::vars().collect() }
+    }
+
+    /// The value of `name`, when set and not empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str).filter(|value| !value.is_empty())
+    }
+
+    fn port(&self, role: Role) -> anyhow::Result<u16> {
+        let (var, default) = role.port_var();
+        match self.get(var) {
+            None => Ok(default),
+            Some(text) => text.parse().with_context(|| {
+                format!("{var}=`{text}` is not a port number; set it to a port such as {default}")
+            }),
+        }
+    }
+}
+
+impl From<BTreeMap<String, String>> for Env {
+    fn from(vars: BTreeMap<String, String>) -> Env {
+        Env { vars }
+    }
+}
+
+/// Set by SIGTERM or SIGINT: every stand-in loop ends when it sees it.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_stop(_signal: std::ffi::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Runs the stand-in for `role` until SIGTERM or SIGINT, then returns `Ok`.
+/// Logs go to stdout, one line each, for the supervisor to multiplex.
+pub fn run_standin(role: Role, env: &Env) -> anyhow::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action =
+        SigAction::new(SigHandler::Handler(request_stop), SaFlags::empty(), SigSet::empty());
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }.context("could not install a signal handler")?;
+    }
+    run_standin_until(role, env, &STOP)
+}
+
+/// Runs the stand-in for `role` until `stop` becomes true.
+pub fn run_standin_until(role: Role, env: &Env, stop: &AtomicBool) -> anyhow::Result<()> {
+    let port = env.port(role)?;
+    let redis = RedisTarget::from_env(env)?;
+    let server = Server::http(("127.0.0.1", port)).map_err(|err| {
+        let (var, _) = role.port_var();
+        anyhow::anyhow!(
+            "{role} could not listen on 127.0.0.1:{port}: {err}; set {var} to a free port"
+        )
+    })?;
+    say(&format!("{role} listening on 127.0.0.1:{port}, redis at {}", redis.addr));
+
+    std::thread::scope(|scope| {
+        let worker_done = Arc::new(AtomicBool::new(false));
+        if role == Role::Worker {
+            let done = worker_done.clone();
+            let redis = &redis;
+            scope.spawn(move || {
+                consume_events(redis, stop);
+                done.store(true, Ordering::SeqCst);
+            });
+        }
+        serve_http(role, &server, &redis, stop);
+        while role == Role::Worker && !worker_done.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    say(&format!("{role} stopped"));
+    Ok(())
+}
+
+/// One log line on stdout.
+fn say(line: &str) {
+    println!("{line}");
+}
+
+/// Where Redis is, as the services read it.
+struct RedisTarget {
+    addr: String,
+    host: String,
+    port: u16,
+    password: Option<Secret>,
+}
+
+impl RedisTarget {
+    fn from_env(env: &Env) -> anyhow::Result<RedisTarget> {
+        let addr = env
+            .get("REDIS_ADDR")
+            .or_else(|| env.get("REDIS_ADDRESS"))
+            .unwrap_or("127.0.0.1:6379")
+            .to_string();
+        if env.get("REDIS_TLS_ENABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            bail!("the stand-in services speak plain Redis only; set REDIS_TLS_ENABLED=false");
+        }
+        let (host, port) = addr.rsplit_once(':').with_context(|| {
+            format!("REDIS_ADDR=`{addr}` has no port; write it as HOST:PORT, e.g. 127.0.0.1:6379")
+        })?;
+        let port = port.parse().with_context(|| {
+            format!("REDIS_ADDR=`{addr}` has a bad port; write it as HOST:PORT")
+        })?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let password = env.get("REDIS_PASSWORD").map(Secret::new);
+        Ok(RedisTarget { addr, host, port, password })
+    }
+
+    /// A fresh connection, with timeouts so no call hangs past a stop request.
+    fn connect(&self) -> redis::RedisResult<redis::Connection> {
+        let mut info = (self.host.as_str(), self.port).into_connection_info()?;
+        if let Some(password) = &self.password {
+            let settings = info.redis_settings().clone().set_password(password.expose());
+            info = info.set_redis_settings(settings);
+        }
+        let connection =
+            redis::Client::open(info)?.get_connection_with_timeout(Duration::from_secs(2))?;
+        connection.set_read_timeout(Some(Duration::from_secs(5)))?;
+        connection.set_write_timeout(Some(Duration::from_secs(5)))?;
+        Ok(connection)
+    }
+
+    fn ping(&self) -> redis::RedisResult<()> {
+        let mut connection = self.connect()?;
+        redis::cmd("PING").query::<String>(&mut connection).map(drop)
+    }
+}
+
+/// Answers HTTP requests until `stop`.
+fn serve_http(role: Role, server: &Server, redis: &RedisTarget, stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        match server.recv_timeout(TICK) {
+            Ok(Some(request)) => handle(role, request, redis),
+            Ok(None) => {}
+            Err(err) => {
+                say(&format!("{role}: http accept failed: {err}"));
+                std::thread::sleep(TICK);
+            }
+        }
+    }
+}
+
+fn handle(role: Role, mut request: Request, redis: &RedisTarget) {
+    let path = request.url().split('?').next().unwrap_or("").to_string();
+    let (status, body) = match (role, request.method(), path.as_str()) {
+        (_, Method::Get, "/health") if role != Role::McpServer => (200, healthy()),
+        (Role::McpServer, Method::Get, "/health") | (Role::RestApi, Method::Get, "/readyz") => {
+            match redis.ping() {
+                Ok(()) => (200, healthy()),
+                Err(err) => {
+                    (503, serde_json::json!({ "status": "unhealthy", "error": err.to_string() }))
+                }
+            }
+        }
+        (Role::RestApi, Method::Post, "/api/v1/webhooks") => {
+            let mut payload = String::new();
+            let _ = std::io::Read::read_to_string(request.as_reader(), &mut payload);
+            match append_event(redis, &payload) {
+                Ok(id) => {
+                    say(&format!("event {id} accepted"));
+                    (202, serde_json::json!({ "id": id, "stream": STREAM }))
+                }
+                Err(err) => {
+                    say(&format!("event rejected: redis at {} failed: {err}", redis.addr));
+                    (503, serde_json::json!({ "error": err.to_string() }))
+                }
+            }
+        }
+        _ => (404, serde_json::json!({ "error": format!("no route for {path}") })),
+    };
+    let header = Header::from_bytes("Content-Type", "application/json").ok();
+    let mut response = Response::from_string(body.to_string()).with_status_code(status);
+    if let Some(header) = header {
+        response = response.with_header(header);
+    }
+    let _ = request.respond(response);
+}
+
+fn healthy() -> serde_json::Value {
+    serde_json::json!({ "status": "healthy" })
+}
+
+/// XADD the webhook payload to the stream; returns the event id.
+fn append_event(redis: &RedisTarget, payload: &str) -> redis::RedisResult<String> {
+    let mut connection = redis.connect()?;
+    redis::cmd("XADD")
+        .arg(STREAM)
+        .arg("*")
+        .arg("source")
+        .arg("sandbox")
+        .arg("payload")
+        .arg(payload)
+        .query(&mut connection)
+}
+
+/// The worker's loop: reads the stream with the consumer group, logs and
+/// acknowledges each event, reconnecting while Redis is unreachable.
+fn consume_events(redis: &RedisTarget, stop: &AtomicBool) {
+    let mut reported_down = false;
+    while !stop.load(Ordering::SeqCst) {
+        match consume_until_error(redis, stop) {
+            Ok(()) => return,
+            Err(err) => {
+                if !reported_down {
+                    say(&format!("worker: redis at {} unavailable: {err}; retrying", redis.addr));
+                    reported_down = true;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+fn consume_until_error(redis: &RedisTarget, stop: &AtomicBool) -> redis::RedisResult<()> {
+    let mut connection = redis.connect()?;
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(STREAM)
+        .arg(CONSUMER_GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut connection);
+    if let Err(err) = created {
+        if err.code() != Some("BUSYGROUP") {
+            return Err(err);
+        }
+    }
+    say(&format!("worker: reading {STREAM} as {CONSUMER_GROUP}/{CONSUMER}"));
+
+    // First the events this consumer read but never acknowledged, then new ones.
+    let mut cursor = "0";
+    while !stop.load(Ordering::SeqCst) {
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(CONSUMER_GROUP)
+            .arg(CONSUMER)
+            .arg("COUNT")
+            .arg(16)
+            .arg("BLOCK")
+            .arg(TICK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(STREAM)
+            .arg(cursor)
+            .query(&mut connection)?;
+        let ids = entry_ids(&reply);
+        if ids.is_empty() && cursor == "0" {
+            cursor = ">";
+        }
+        for id in ids {
+            say(&format!("event {id} processed"));
+            redis::cmd("XACK")
+                .arg(STREAM)
+                .arg(CONSUMER_GROUP)
+                .arg(&id)
+                .query::<i64>(&mut connection)?;
+        }
+    }
+    Ok(())
+}
+
+/// The entry ids in an XREADGROUP reply (RESP2 array or RESP3 map), in order.
+fn entry_ids(reply: &Value) -> Vec<String> {
+    let streams: Vec<&Value> = match reply {
+        Value::Array(streams) => streams
+            .iter()
+            .filter_map(|stream| match stream {
+                Value::Array(pair) if pair.len() == 2 => Some(&pair[1]),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(pairs) => pairs.iter().map(|(_, entries)| entries).collect(),
+        _ => Vec::new(),
+    };
+    let mut ids = Vec::new();
+    for entries in streams {
+        let Value::Array(entries) = entries else { continue };
+        for entry in entries {
+            if let Value::Array(parts) = entry {
+                if let Some(id) = parts.first().and_then(text) {
+                    ids.push(id);
+                }
+            }
+        }
+    }
+    ids
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_from_their_service_names() {
+        for role in Role::ALL {
+            assert_eq!(role.name().parse::<Role>().unwrap(), role);
+        }
+        let err = "api".parse::<Role>().unwrap_err();
+        assert_eq!(err, "unknown service `api`: expected rest-api, mcp-server or worker");
+    }
+
+    #[test]
+    fn entry_ids_are_read_from_a_resp2_reply() {
+        let entry = |id: &str| {
+            Value::Array(vec![
+                Value::BulkString(id.as_bytes().to_vec()),
+                Value::Array(vec![
+                    Value::BulkString(b"k".to_vec()),
+                    Value::BulkString(b"v".to_vec()),
+                ]),
+            ])
+        };
+        let reply = Value::Array(vec![Value::Array(vec![
+            Value::BulkString(STREAM.as_bytes().to_vec()),
+            Value::Array(vec![entry("1-0"), entry("2-0")]),
+        ])]);
+        assert_eq!(entry_ids(&reply), ["1-0", "2-0"]);
+        assert!(entry_ids(&Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn a_bad_port_names_the_variable() {
+        let env = Env::from(BTreeMap::from([("WORKER_PORT".to_string(), "80a".to_string())]));
+        let err = env.port(Role::Worker).unwrap_err().to_string();
+        assert_eq!(err, "WORKER_PORT=`80a` is not a port number; set it to a port such as 8088");
+    }
+}

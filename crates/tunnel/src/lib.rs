@@ -1,3 +1,27 @@
-//! (placeholder, replaced by the crate's work)
+//! The SSH forwarding engine: local listeners carried through a bastion to in-VPC
+//! endpoints over russh, verified, authenticated, kept alive and reconnected.
+//!
+//! `bind` binds every listener first (a taken port fails before any network wait);
+//! `BoundTunnel::start` connects, verifies the host key against `known_hosts`,
+//! authenticates and proves each forward's endpoint; `Tunnel` then serves connections,
+//! reconnects forever when the session dies, and reports `status`.
 
-pub mod control;
+mod auth;
+mod error;
+mod forward;
+mod known_hosts;
+mod listen;
+mod ping;
+mod session;
+mod spec;
+pub mod ssh_config;
+mod status;
+mod tunnel;
+
+pub use error::{PingError, TunnelError};
+pub use ping::redis_ping;
+pub use spec::TunnelSpec;
+pub use status::{ChannelError, ForwardStatus, State, Status};
+pub use tunnel::{bind, BoundTunnel, Tunnel};
+
+pub use mesh_config::{Forward, Secret};

@@ -7,6 +7,7 @@
 //! reconnects forever when the session dies, and reports `status`.
 
 mod auth;
+pub mod control;
 mod error;
 mod forward;
 mod known_hosts;

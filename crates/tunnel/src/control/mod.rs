@@ -9,6 +9,7 @@
 
 mod client;
 mod detach;
+mod engine;
 mod logs;
 mod process;
 mod protocol;
@@ -21,6 +22,7 @@ use std::process::ExitStatus;
 
 pub use client::request;
 pub use detach::{start_detached, DetachRequest};
+pub use engine::SharedTunnel;
 pub use logs::{follow, tail_lines, LOG_ROTATE_BYTES};
 pub use process::{is_ours, stop, StopOutcome, StopVia};
 pub use protocol::{HealthReply, Reply, Request, StatusReply};

@@ -1,7 +1,6 @@
 //! Public-key authentication: the configured key file first, then ssh-agent, never more
 //! keys than a server's MaxAuthTries allows.
 
-use std::io::IsTerminal;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -92,7 +91,7 @@ fn passphrase_for(path: &Path, spec: &TunnelSpec) -> Result<String, TunnelError>
     if let Some(secret) = &spec.passphrase {
         return Ok(secret.expose().to_string());
     }
-    if !std::io::stdin().is_terminal() {
+    if !spec.interactive {
         return Err(TunnelError::KeyNeedsPassphrase { path: path.into() });
     }
     rpassword::prompt_password(format!("Enter passphrase for key '{}': ", path.display()))

@@ -21,8 +21,10 @@ pub struct TunnelSpec {
     pub user: String,
     /// Tried first; `None` means the alias's `IdentityFile`, else the agent only.
     pub key_file: Option<PathBuf>,
-    /// For an encrypted key; without it a terminal is asked once.
+    /// For an encrypted key; without it a terminal is asked once (see `interactive`).
     pub passphrase: Option<Secret>,
+    /// May ask for a passphrase on the terminal; defaults to whether stdin is one.
+    pub interactive: bool,
     pub known_hosts: PathBuf,
     /// Record an unknown host key instead of refusing it (trust on first use, explicit).
     pub accept_new: bool,
@@ -55,6 +57,7 @@ impl TunnelSpec {
             user: String::new(),
             key_file: None,
             passphrase: None,
+            interactive: std::io::IsTerminal::is_terminal(&std::io::stdin()),
             known_hosts: expand_home("~/.ssh/known_hosts"),
             accept_new: false,
             ssh_config: Some(expand_home("~/.ssh/config")),

@@ -1,0 +1,244 @@
+//! Data through the tunnel against real sshd and redis-server: large values, many
+//! connections, end-of-stream in both directions, and recovery after the bastion restarts.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{eventually, forward_to, rig, spec, Reply, Resp, PASSWORD};
+use mesh_config::Secret;
+use mesh_testkit::{free_port, Sshd};
+use mesh_tunnel::{State, TunnelError};
+use tokio::io::AsyncReadExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_megabyte_value_round_trips_byte_for_byte() {
+    let rig = rig().await;
+    let mut value = vec![0u8; 10 * 1024 * 1024];
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    for byte in value.iter_mut() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        *byte = seed as u8;
+    }
+
+    let mut conn = Resp::authed(rig.local).await;
+    assert_eq!(conn.cmd(&[b"SET", b"big", &value]).await, Reply::Simple("OK".into()));
+    let Reply::Bulk(Some(back)) = conn.cmd(&[b"GET", b"big"]).await else {
+        panic!("GET big returned no value");
+    };
+    assert!(back == value, "the value read back differs from the one written");
+
+    let status = rig.tunnel.status();
+    let forward = &status.forwards[0];
+    assert!(forward.bytes_up >= value.len() as u64, "{forward:?}");
+    assert!(forward.bytes_down >= value.len() as u64, "{forward:?}");
+    rig.tunnel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_connections_all_answer_correctly() {
+    let rig = rig().await;
+    let local = rig.local;
+    let clients: Vec<_> = (0..200)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut conn = Resp::authed(local).await;
+                assert_eq!(conn.cmd(&[b"PING"]).await, Reply::Simple("PONG".into()));
+                let (key, value) = (format!("key:{i}"), format!("value:{i}:{}", "x".repeat(i)));
+                let set = conn.cmd(&[b"SET", key.as_bytes(), value.as_bytes()]).await;
+                assert_eq!(set, Reply::Simple("OK".into()));
+                let got = conn.cmd(&[b"GET", key.as_bytes()]).await;
+                assert_eq!(got, Reply::Bulk(Some(value.into_bytes())));
+                conn
+            })
+        })
+        .collect();
+    let mut open = Vec::new();
+    for client in clients {
+        open.push(client.await.expect("a client failed"));
+    }
+
+    let status = rig.tunnel.status();
+    assert_eq!(status.forwards[0].active_connections, 200);
+    assert!(status.forwards[0].total_connections >= 200);
+    drop(open);
+    eventually(Duration::from_secs(5), "connections closed", || {
+        rig.tunnel.status().forwards[0].active_connections == 0
+    })
+    .await;
+    rig.tunnel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_kill_reaches_the_local_client_promptly_while_a_sibling_works() {
+    let rig = rig().await;
+    let mut victim = Resp::authed(rig.local).await;
+    let mut sibling = Resp::authed(rig.local).await;
+    let Reply::Integer(id) = victim.cmd(&[b"CLIENT", b"ID"]).await else { panic!("CLIENT ID") };
+
+    let killed = sibling.cmd(&[b"CLIENT", b"KILL", b"ID", id.to_string().as_bytes()]).await;
+    assert_eq!(killed, Reply::Integer(1));
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(2), victim.stream.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "the killed client saw {read:?} instead of end-of-stream within 2 s"
+    );
+    assert!(start.elapsed() < Duration::from_secs(1), "end-of-stream took {:?}", start.elapsed());
+
+    assert_eq!(sibling.cmd(&[b"PING"]).await, Reply::Simple("PONG".into()));
+    rig.tunnel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_vanishing_mid_reply_leaves_the_tunnel_healthy() {
+    let rig = rig().await;
+    let mut writer = Resp::authed(rig.local).await;
+    let value = vec![b'v'; 4 * 1024 * 1024];
+    assert_eq!(writer.cmd(&[b"SET", b"large", &value]).await, Reply::Simple("OK".into()));
+
+    for _ in 0..5 {
+        let mut leaver = Resp::authed(rig.local).await;
+        leaver.send(&[b"GET", b"large"]).await;
+        let mut first = [0u8; 1024];
+        leaver.stream.read_exact(&mut first).await.unwrap();
+        // Reset rather than close: the harshest way a client can vanish. A zero linger
+        // never blocks on drop, which is what the deprecation warns about.
+        let socket = leaver.stream.into_inner();
+        #[allow(deprecated)]
+        socket.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(socket);
+    }
+
+    let mut after = Resp::authed(rig.local).await;
+    assert_eq!(after.cmd(&[b"PING"]).await, Reply::Simple("PONG".into()));
+    let got = after.cmd(&[b"GET", b"large"]).await;
+    assert_eq!(got, Reply::Bulk(Some(value)));
+    assert_eq!(writer.cmd(&[b"PING"]).await, Reply::Simple("PONG".into()));
+    assert_eq!(rig.tunnel.status().state, State::Up);
+    eventually(Duration::from_secs(5), "vanished connections released", || {
+        rig.tunnel.status().forwards[0].active_connections == 2
+    })
+    .await;
+    rig.tunnel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_bastion_restart_without_user_action() {
+    let mut rig = rig().await;
+    let mut states = rig.tunnel.watch();
+    let mut before = Resp::authed(rig.local).await;
+    assert_eq!(before.cmd(&[b"PING"]).await, Reply::Simple("PONG".into()));
+
+    rig.sshd.stop();
+    // The established connection's channel dies with the session: end-of-stream.
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(3), before.stream.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "old connection saw {read:?}");
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        states.wait_for(|s| matches!(s, State::Reconnecting { .. })),
+    )
+    .await
+    .expect("state became reconnecting")
+    .unwrap();
+    let status = rig.tunnel.status();
+    assert!(matches!(status.state, State::Reconnecting { .. }), "{status:?}");
+    assert!(status.last_error.is_some());
+
+    // A connection arriving during the outage waits for the session instead of failing.
+    let local = rig.local;
+    let waiting = tokio::spawn(async move {
+        let mut conn = Resp::authed(local).await;
+        conn.cmd(&[b"PING"]).await
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let restarted = Instant::now();
+    rig.sshd.start();
+
+    tokio::time::timeout(Duration::from_secs(5), states.wait_for(|s| *s == State::Up))
+        .await
+        .expect("state back to up within the backoff")
+        .unwrap();
+    assert!(
+        restarted.elapsed() < Duration::from_secs(3),
+        "recovery took {:?}",
+        restarted.elapsed()
+    );
+    assert_eq!(waiting.await.unwrap(), Reply::Simple("PONG".into()));
+    let mut after = Resp::authed(rig.local).await;
+    assert_eq!(after.cmd(&[b"PING"]).await, Reply::Simple("PONG".into()));
+    let status = rig.tunnel.status();
+    assert_eq!(status.reconnects, 1);
+    assert!(status.session_secs.is_some());
+    rig.tunnel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_during_a_long_outage_is_closed_with_the_reason_kept() {
+    let mut rig = rig().await;
+    let mut states = rig.tunnel.watch();
+    rig.sshd.stop();
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        states.wait_for(|s| matches!(s, State::Reconnecting { .. })),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    // outage_wait is 8 s in the test spec; the connection must be closed, not hang.
+    let mut conn = Resp::connect(rig.local).await;
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(12), conn.stream.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0))), "expected end-of-stream, got {read:?}");
+    let error = rig.tunnel.status().forwards[0].last_channel_error.clone().expect("a reason");
+    assert!(error.message.contains("no SSH session"), "{error:?}");
+    rig.tunnel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_endpoint_fails_the_start_naming_the_bastion_side() {
+    common::init_tracing();
+    let sshd = Sshd::builder().start();
+    let closed_port = free_port();
+    let spec = spec(&sshd, vec![forward_to(closed_port)]);
+    let err = mesh_tunnel::bind(spec).await.unwrap().start().await.err().expect("start fails");
+    assert!(matches!(err, TunnelError::EndpointUnreachable { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains(&format!("cannot reach the endpoint 127.0.0.1:{closed_port}")));
+    assert!(message.contains("security group"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_ping_through_the_forward_authenticates_and_names_a_bad_password() {
+    let rig = rig().await;
+    let rtt = mesh_tunnel::redis_ping(rig.local, None, Some(&Secret::new(PASSWORD))).await;
+    assert!(rtt.unwrap() < Duration::from_secs(1));
+    let wrong = mesh_tunnel::redis_ping(rig.local, None, Some(&Secret::new("nope"))).await;
+    let err = wrong.expect_err("a wrong password fails");
+    assert!(matches!(err, mesh_tunnel::PingError::Auth { .. }), "{err:?}");
+    assert!(!err.to_string().contains("nope"), "the password leaked: {err}");
+    rig.tunnel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_serializes_state_counters_and_bastion() {
+    let rig = rig().await;
+    let mut conn = Resp::authed(rig.local).await;
+    conn.cmd(&[b"PING"]).await;
+    let json = serde_json::to_value(rig.tunnel.status()).unwrap();
+    assert_eq!(json["state"], "up");
+    assert_eq!(json["pid"], std::process::id());
+    assert!(json["bastion"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("@127.0.0.1:{}", rig.sshd.port())));
+    assert!(json["forwards"][0]["bytes_up"].as_u64().unwrap() > 0);
+    assert_eq!(json["forwards"][0]["active_connections"], 1);
+    drop(conn);
+    rig.tunnel.shutdown().await;
+}

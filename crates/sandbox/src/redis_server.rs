@@ -130,15 +130,38 @@ impl Drop for LocalRedis {
     }
 }
 
+/// Where `redis-server` comes from, given the PATH and whether we are root.
+#[derive(Debug, PartialEq, Eq)]
+enum Locate {
+    /// Installed at this path.
+    Found(PathBuf),
+    /// Missing, and we may install it: root, with apt-get on the PATH.
+    InstallWithApt,
+    /// Missing, and installing it is the user's job.
+    Missing,
+}
+
+fn locate(path_var: Option<&std::ffi::OsStr>, root: bool) -> Locate {
+    let cwd = std::env::temp_dir();
+    let search = |program: &str| which::which_in(program, path_var, &cwd).ok();
+    match search("redis-server") {
+        Some(path) => Locate::Found(path),
+        None if root && search("apt-get").is_some() => Locate::InstallWithApt,
+        None => Locate::Missing,
+    }
+}
+
 /// Finds `redis-server` on the PATH; when it is missing, installs it with apt
 /// if we are root and apt is there, else says how to install it.
 fn find_or_install_redis_server() -> Result<PathBuf> {
-    if let Ok(path) = which::which("redis-server") {
-        return Ok(path);
-    }
+    let path_var = std::env::var_os("PATH");
     let root = nix::unistd::geteuid().is_root();
-    if !root || which::which("apt-get").is_err() {
-        return Err(SandboxError::RedisMissing { install: REDIS_INSTALL_COMMAND.to_string() });
+    match locate(path_var.as_deref(), root) {
+        Locate::Found(path) => return Ok(path),
+        Locate::Missing => {
+            return Err(SandboxError::RedisMissing { install: REDIS_INSTALL_COMMAND.to_string() })
+        }
+        Locate::InstallWithApt => {}
     }
 
     warn!("redis-server is missing; installing it with apt-get (running as root)");
@@ -153,8 +176,10 @@ fn find_or_install_redis_server() -> Result<PathBuf> {
             return Err(SandboxError::RedisInstall { status: status.to_string() });
         }
     }
-    which::which("redis-server")
-        .map_err(|_| SandboxError::RedisMissing { install: REDIS_INSTALL_COMMAND.to_string() })
+    match locate(path_var.as_deref(), root) {
+        Locate::Found(path) => Ok(path),
+        _ => Err(SandboxError::RedisMissing { install: REDIS_INSTALL_COMMAND.to_string() }),
+    }
 }
 
 /// The server's config: loopback only, the password, nothing saved to disk.
@@ -204,4 +229,62 @@ fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A directory standing in for a PATH, holding executables with these names.
+    fn path_with(programs: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for program in programs {
+            let path = dir.path().join(program);
+            std::fs::write(&path, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn missing_redis_server_is_installed_only_by_root_with_apt() {
+        let with_apt = path_with(&["apt-get"]);
+        let path = Some(with_apt.path().as_os_str());
+        assert_eq!(locate(path, true), Locate::InstallWithApt);
+        assert_eq!(locate(path, false), Locate::Missing);
+
+        let bare = path_with(&[]);
+        assert_eq!(locate(Some(bare.path().as_os_str()), true), Locate::Missing);
+
+        let installed = path_with(&["redis-server", "apt-get"]);
+        let found = locate(Some(installed.path().as_os_str()), true);
+        assert_eq!(found, Locate::Found(installed.path().join("redis-server")));
+    }
+
+    #[test]
+    fn missing_redis_server_error_gives_the_install_command() {
+        let err = SandboxError::RedisMissing { install: REDIS_INSTALL_COMMAND.to_string() };
+        assert_eq!(
+            err.to_string(),
+            "`redis-server` is not installed; install it with \
+             `sudo apt-get install -y redis-server redis-tools` and retry"
+        );
+    }
+
+    #[test]
+    fn password_stays_out_of_argv_and_in_a_private_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = LocalRedis::start(dir.path()).unwrap();
+        let pid = redis.pid().unwrap();
+
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        assert!(!cmdline.contains(redis.password().expose()), "{cmdline}");
+        let config = dir.path().join("redis.conf");
+        let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(authenticated_ping(redis.port(), redis.password()));
+        assert!(!authenticated_ping(redis.port(), &Secret::new("wrong")));
+    }
 }

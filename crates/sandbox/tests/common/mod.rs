@@ -91,9 +91,21 @@ pub struct SshForward {
 }
 
 impl SshForward {
+    /// Forwards a free local port to `target`.
     pub fn start(bastion_port: u16, key: &Path, known_hosts: &Path, target: &str) -> SshForward {
-        let ssh = require_binary("ssh", "apt-get install -y openssh-client");
         let local_port = mesh_sandbox::free_loopback_port().unwrap();
+        SshForward::start_on(local_port, bastion_port, key, known_hosts, target)
+    }
+
+    /// Forwards 127.0.0.1:`local_port` to `target`.
+    pub fn start_on(
+        local_port: u16,
+        bastion_port: u16,
+        key: &Path,
+        known_hosts: &Path,
+        target: &str,
+    ) -> SshForward {
+        let ssh = require_binary("ssh", "apt-get install -y openssh-client");
         let child = Command::new(ssh)
             .args(openssh_options(bastion_port, key, known_hosts))
             .arg("-N")

@@ -1,0 +1,116 @@
+//! `Sandbox::up`: the env file the dev pipeline reads, and nothing left behind
+//! after shutdown or drop.
+
+mod common;
+
+use common::{auth_ping, is_listening, process_exists};
+use mesh_sandbox::{Sandbox, SandboxOptions, SANDBOX_ENV_FILE};
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+
+async fn up(parent: &tempfile::TempDir) -> Sandbox {
+    common::require_binary("redis-server", "apt-get install -y redis-server redis-tools");
+    let options =
+        SandboxOptions { parent_dir: Some(parent.path().to_path_buf()), ..Default::default() };
+    Sandbox::up(options).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn env_file_points_every_variable_at_the_sandbox() {
+    let parent = tempfile::tempdir().unwrap();
+    let sandbox = up(&parent).await;
+    let vars = sandbox.vars();
+
+    // The file says exactly what `vars()` says, and only its owner can read it.
+    let env_file = sandbox.env_file();
+    assert_eq!(env_file, sandbox.dir().join(SANDBOX_ENV_FILE));
+    let from_file: BTreeMap<String, String> =
+        dotenvy::from_path_iter(env_file).unwrap().map(Result::unwrap).collect();
+    assert_eq!(from_file, vars);
+    let mode = std::fs::metadata(env_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let bastion = sandbox.bastion().unwrap();
+    let redis = sandbox.redis().unwrap();
+    assert_eq!(vars["BASTION_HOST_IP"], "127.0.0.1");
+    assert_eq!(vars["BASTION_PORT"], bastion.port().to_string());
+    assert_eq!(vars["BASTION_USER"], "ec2-user");
+    assert_eq!(vars["BASTION_KEY_FILE"], bastion.user_key_path().display().to_string());
+    assert_eq!(vars["BASTION_KNOWN_HOSTS"], bastion.known_hosts_path().display().to_string());
+    assert_eq!(vars["ELASTICACHE_ENDPOINT"], sandbox.endpoint());
+    assert_eq!(vars["REDIS_PASSWORD"], redis.password().expose());
+    assert_eq!(vars["ENVIRONMENT"], "development");
+    assert_eq!(vars["REDIS_TLS_ENABLED"], "false");
+    assert_eq!(vars["REDIS_ADDR"], format!("127.0.0.1:{}", vars["REDIS_TUNNEL_PORT"]));
+    assert!(vars["XTASK_STATE_DIR"].starts_with(&sandbox.dir().display().to_string()));
+    for cleared in ["RDS_ENDPOINT", "TUNNEL_EXTRA_FORWARDS", "REDIS_USERNAME"] {
+        assert_eq!(vars[cleared], "", "{cleared} must be blanked so the shell cannot set it");
+    }
+
+    let endpoint = sandbox.endpoint();
+    let label = endpoint.strip_suffix(".serverless.use1.cache.amazonaws.com").unwrap();
+    let suffix = label.strip_prefix("sandbox-").unwrap();
+    assert_eq!(suffix.len(), 6);
+    assert!(suffix.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()), "{endpoint}");
+
+    // The password in the env file is the one Redis wants.
+    assert_eq!(auth_ping(redis.port(), redis.password()).unwrap(), "+OK\r\n+PONG\r\n");
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_sandboxes_run_side_by_side() {
+    let parent = tempfile::tempdir().unwrap();
+    let first = up(&parent).await;
+    let second = up(&parent).await;
+
+    assert_ne!(first.endpoint(), second.endpoint());
+    assert_ne!(first.vars()["BASTION_PORT"], second.vars()["BASTION_PORT"]);
+    assert_ne!(first.vars()["REDIS_PASSWORD"], second.vars()["REDIS_PASSWORD"]);
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_leaves_no_process_listener_or_directory() {
+    let parent = tempfile::tempdir().unwrap();
+    let sandbox = up(&parent).await;
+    let (pid, ports, dir) = footprint(&sandbox);
+
+    sandbox.shutdown().await.unwrap();
+    assert_nothing_left(pid, ports, &dir, &parent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drop_leaves_no_process_listener_or_directory() {
+    let parent = tempfile::tempdir().unwrap();
+    let sandbox = up(&parent).await;
+    let (pid, ports, dir) = footprint(&sandbox);
+
+    drop(sandbox);
+    // The listener closes when the runtime drops the aborted accept task.
+    tokio::task::yield_now().await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_nothing_left(pid, ports, &dir, &parent);
+}
+
+fn footprint(sandbox: &Sandbox) -> (u32, [u16; 2], std::path::PathBuf) {
+    let redis = sandbox.redis().unwrap();
+    let ports = [sandbox.bastion().unwrap().port(), redis.port()];
+    assert!(ports.iter().all(|port| is_listening(*port)));
+    (redis.pid().unwrap(), ports, sandbox.dir().to_path_buf())
+}
+
+fn assert_nothing_left(
+    pid: u32,
+    ports: [u16; 2],
+    dir: &std::path::Path,
+    parent: &tempfile::TempDir,
+) {
+    assert!(!process_exists(pid), "redis-server {pid} still runs");
+    for port in ports {
+        assert!(!is_listening(port), "127.0.0.1:{port} still accepts connections");
+    }
+    assert!(!dir.exists(), "{} was left behind", dir.display());
+    assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
+}

@@ -195,6 +195,20 @@ pub fn wait_ready(running: &mut Running, mut ready: impl FnMut() -> bool) -> Res
     }
 }
 
+/// Polls `text` until it contains `needle` or `timeout` passes; true when it appeared.
+pub fn wait_for_text(text: impl Fn() -> String, needle: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if text().contains(needle) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The text a log file gained after byte `from` (empty when it does not exist yet).
 pub fn log_since(path: &Path, from: u64) -> String {
     let bytes = fs::read(path).unwrap_or_default();
@@ -253,9 +267,17 @@ mod tests {
         drop(running);
 
         assert!(!alive(leader), "group leader {leader} survived drop");
-        // The orphaned sleeper may linger as a zombie until init reaps it; it must not run.
-        let state = fs::read_to_string(format!("/proc/{sleeper}/stat")).unwrap_or_default();
-        assert!(state.is_empty() || state.contains(") Z "), "sleep {sleeper} still runs: {state}");
+        // SIGKILL lands asynchronously; the orphan may then linger as a zombie until init
+        // reaps it, which is fine: it no longer runs.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let state = fs::read_to_string(format!("/proc/{sleeper}/stat")).unwrap_or_default();
+            if state.is_empty() || state.contains(") Z ") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "sleep {sleeper} still runs: {state}");
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use mesh_config::Secret;
 
-use crate::process::{log_len, log_since, tail, wait_ready, NotReady, Running};
+use crate::process::{log_len, log_since, tail, wait_for_text, wait_ready, NotReady, Running};
 use crate::{free_port, loopback, require, tls};
 
 /// The line redis-server logs once it serves clients.
@@ -23,6 +23,7 @@ pub struct RedisBuilder {
     acl_users: Vec<(String, Secret)>,
     tls_name: Option<String>,
     plain_port_too: bool,
+    cluster: bool,
     extra_config: String,
 }
 
@@ -49,6 +50,14 @@ impl RedisBuilder {
     /// With TLS, also serves plain RESP on [`RedisServer::plain_port`].
     pub fn plain_port_too(mut self) -> Self {
         self.plain_port_too = true;
+        self
+    }
+
+    /// Runs in cluster mode with all 16384 slots on this one node, so `CLUSTER SLOTS` answers
+    /// and keys never move; add `cluster-announce-ip 10.0.0.9` through
+    /// [`Self::extra_config`] to make it name an address a tunnel cannot reach.
+    pub fn cluster(mut self) -> Self {
+        self.cluster = true;
         self
     }
 
@@ -98,6 +107,9 @@ impl RedisBuilder {
                 Err(_) if attempt < 3 && port_taken(&log_since(&server.log, log_from)) => continue,
                 Err(failure) => server.fail(failure),
             }
+        }
+        if server.settings.cluster {
+            server.assign_all_slots();
         }
         server
     }
@@ -232,6 +244,24 @@ impl RedisServer {
         run_cli(&mut command, args)
     }
 
+    /// Waits up to `timeout` for `needle` to appear in the log; true when it did.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_for_text(|| self.log_text(), needle, timeout)
+    }
+
+    /// Gives this node every slot and waits for `cluster_state:ok`; the slots are kept in
+    /// nodes.conf, so a restart needs no second call.
+    fn assign_all_slots(&self) {
+        let reply = self.cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
+        assert_eq!(reply, "OK", "CLUSTER ADDSLOTSRANGE on 127.0.0.1:{} failed", self.port);
+        let ready = wait_for_text(
+            || self.cli(&["CLUSTER", "INFO"]),
+            "cluster_state:ok",
+            crate::process::START_TIMEOUT,
+        );
+        assert!(ready, "redis cluster on 127.0.0.1:{} never reached cluster_state:ok", self.port);
+    }
+
     fn pick_ports(&mut self) {
         let (tls, plain_too) = (self.tls.is_some(), self.settings.plain_port_too);
         self.port = free_port();
@@ -345,6 +375,14 @@ fn render_config(server: &RedisServer) -> String {
         let _ = writeln!(text, "tls-key-file {}", quote(&tls.key.to_string_lossy()));
         let _ = writeln!(text, "tls-ca-cert-file {}", quote(&tls.ca_cert.to_string_lossy()));
         let _ = writeln!(text, "tls-auth-clients no");
+    }
+    if server.settings.cluster {
+        let _ = writeln!(text, "cluster-enabled yes");
+        let _ = writeln!(
+            text,
+            "cluster-config-file {}",
+            quote(&dir.join("nodes.conf").to_string_lossy())
+        );
     }
     if let Some(password) = &server.password {
         let _ = writeln!(text, "requirepass {}", quote(password.expose()));

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::process::{log_len, log_since, run_checked, tail, wait_ready, NotReady, Running};
+use crate::process::{
+    log_len, log_since, run_checked, tail, wait_for_text, wait_ready, NotReady, Running,
+};
 use crate::{current_user, free_port, loopback, require};
 
 /// The privilege-separation directory Debian's sshd wants when it runs as root.
@@ -287,6 +289,42 @@ impl Sshd {
         &self.known_hosts
     }
 
+    /// The host key of `kind`, if the server has one.
+    pub fn host_key(&self, kind: KeyType) -> Option<&HostKey> {
+        self.host_keys.iter().find(|key| key.kind == kind)
+    }
+
+    /// Writes a known_hosts file naming only the host keys of `kinds`, in that order (for
+    /// tests of a client that must offer the recorded algorithm first); returns its path.
+    pub fn known_hosts_only(&self, kinds: &[KeyType]) -> PathBuf {
+        let names: Vec<&str> = kinds.iter().map(|kind| kind.keygen_name()).collect();
+        let path = self.dir.path().join(format!("known_hosts_{}", names.join("_")));
+        let text: String = kinds
+            .iter()
+            .map(|&kind| {
+                let key = self.host_key(kind).unwrap_or_else(|| {
+                    panic!("sshd has no {kind:?} host key: add it with `.host_key_types(..)`")
+                });
+                format!("{}\n", self.known_hosts_line(&key.public_line))
+            })
+            .collect();
+        write_private(&path, &text);
+        path
+    }
+
+    /// Writes a copy of [`Sshd::known_hosts`] with hashed host names (`ssh-keygen -H`, as
+    /// `HashKnownHosts yes` writes them); returns its path.
+    pub fn known_hosts_hashed(&self) -> PathBuf {
+        let path = self.dir.path().join("known_hosts_hashed");
+        fs::copy(&self.known_hosts, &path)
+            .unwrap_or_else(|err| panic!("cannot copy known_hosts to {}: {err}", path.display()));
+        let mut command = Command::new(require("ssh-keygen"));
+        command.arg("-H").arg("-f").arg(&path).stdin(Stdio::null());
+        run_checked(&mut command, "ssh-keygen -H (hash known_hosts)");
+        let _ = fs::remove_file(path.with_file_name("known_hosts_hashed.old"));
+        path
+    }
+
     /// The known_hosts line OpenSSH would write for `public_line` on this server's port.
     pub fn known_hosts_line(&self, public_line: &str) -> String {
         let mut fields = public_line.split_whitespace();
@@ -307,6 +345,12 @@ impl Sshd {
     /// sshd's log so far (DEBUG level), across restarts.
     pub fn log(&self) -> String {
         log_since(&self.log, 0)
+    }
+
+    /// Waits up to `timeout` for `needle` to appear in the log (sshd writes some lines only
+    /// after a client is gone); true when it did.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_for_text(|| self.log(), needle, timeout)
     }
 
     /// The process id of the listening sshd, or `None` while stopped.

@@ -247,3 +247,124 @@ fn encrypted_key_opens_only_with_its_passphrase() {
     assert!(key.public_line.starts_with(derived.trim()), "{derived} vs {}", key.public_line);
     assert!(!derive("wrong").status.success(), "wrong passphrase opened the key");
 }
+
+#[test]
+fn redis_cluster_mode_answers_cluster_slots_with_its_announced_address() {
+    let redis = RedisServer::builder()
+        .password("p")
+        .cluster()
+        .extra_config("cluster-announce-ip 10.0.0.9")
+        .start();
+
+    assert!(redis.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+    let slots = redis.cli(&["CLUSTER", "SLOTS"]);
+    assert!(slots.contains("10.0.0.9"), "CLUSTER SLOTS names no announced address: {slots}");
+    assert_eq!(redis.cli(&["SET", "k", "v"]), "OK");
+}
+
+/// Waits until something accepts on `port` (an `ssh -L` listener coming up).
+fn wait_accepting(port: u16, child: &mut std::process::Child) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("ssh -L exited early: {status}");
+        }
+        assert!(std::time::Instant::now() < deadline, "ssh -L never listened on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sshd_forwards_a_local_port_to_redis() {
+    let sshd = Sshd::builder().start();
+    let redis = RedisServer::builder().password("through the tunnel").start();
+    let local = mesh_testkit::free_port();
+    let forward = format!("{local}:127.0.0.1:{}", redis.port());
+    let mut tunnel = sshd
+        .ssh_command()
+        .args(["-N", "-o", "ExitOnForwardFailure=yes", "-L", &forward])
+        .spawn()
+        .expect("start ssh -L");
+    wait_accepting(local, &mut tunnel);
+
+    let mut stream = connect(local);
+    let reply = resp(&mut stream, &["AUTH", redis.password().unwrap().expose()]);
+    let pong = resp(&mut stream, &["PING"]);
+    let _ = tunnel.kill();
+    let _ = tunnel.wait();
+
+    assert_eq!((reply.as_str(), pong.as_str()), ("+OK", "+PONG"));
+    assert!(sshd.wait_for_log("direct-tcpip", Duration::from_secs(5)), "sshd logged no channel");
+}
+
+#[test]
+fn sshd_known_hosts_variants_hold_only_the_asked_keys_or_hashed_names() {
+    let sshd = Sshd::builder().start();
+    let rsa_only = sshd.known_hosts_only(&[KeyType::Rsa]);
+    let key = &sshd.user_key().private_path;
+
+    let output = run(sshd.ssh_command_with(key, &rsa_only).arg("true"));
+    assert!(output.status.success(), "rsa-only known_hosts: {}", describe(&output, &sshd));
+    let ed25519 = ["-o", "HostKeyAlgorithms=ssh-ed25519", "true"];
+    let refused = run(sshd.ssh_command_with(key, &rsa_only).args(ed25519));
+    assert!(!refused.status.success(), "ed25519 host key accepted by an rsa-only known_hosts");
+
+    let hashed = sshd.known_hosts_hashed();
+    let text = fs::read_to_string(&hashed).unwrap();
+    assert!(text.starts_with("|1|") && !text.contains("127.0.0.1"), "not hashed: {text}");
+    let output = run(sshd.ssh_command_with(key, &hashed).arg("true"));
+    assert!(output.status.success(), "hashed known_hosts: {}", describe(&output, &sshd));
+}
+
+/// Set in the child copy of the test binary that `servers_die_when_the_test_process_is_killed`
+/// starts and then kills.
+const ORPHAN_ROLE: &str = "MESH_TESTKIT_ORPHAN_ROLE";
+
+#[test]
+fn servers_die_when_the_test_process_is_killed() {
+    if std::env::var_os(ORPHAN_ROLE).is_some() {
+        // Child role: start servers, report their pids, and wait to be killed.
+        let redis = RedisServer::builder().start();
+        let sshd = Sshd::builder().host_key_types(&[KeyType::Ed25519]).start();
+        println!("dirs {} {}", redis.dir().display(), sshd.dir().display());
+        println!("pids {} {}", redis.pid().unwrap(), sshd.pid().unwrap());
+        std::thread::sleep(Duration::from_secs(120));
+        panic!("the parent test never killed this child");
+    }
+
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args(["--exact", "servers_die_when_the_test_process_is_killed", "--nocapture"])
+        .env(ORPHAN_ROLE, "child")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the child test process");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
+    let mut reported = |prefix: &str| -> Vec<String> {
+        let line = lines.by_ref().find_map(|line| line.strip_prefix(prefix).map(str::to_owned));
+        line.unwrap_or_else(|| panic!("child reported no `{prefix}` line"))
+            .split(' ')
+            .map(str::to_owned)
+            .collect()
+    };
+    let dirs = reported("dirs ");
+    let pids: Vec<u32> = reported("pids ").iter().map(|pid| pid.parse().unwrap()).collect();
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    for pid in pids {
+        // Gone, or a zombie waiting for init: either way no longer serving.
+        while fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "))
+        {
+            assert!(std::time::Instant::now() < deadline, "server {pid} outlived its test process");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Nobody ran the child's destructors: its temp dirs are ours to remove.
+    for dir in dirs {
+        fs::remove_dir_all(&dir).unwrap_or_else(|err| panic!("cannot remove {dir}: {err}"));
+    }
+}

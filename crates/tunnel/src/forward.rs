@@ -59,7 +59,7 @@ async fn open(shared: &Shared, index: usize, peer: SocketAddr) -> Option<Channel
             Ok(Ok(channel)) => return Some(channel),
             Ok(Err(russh::Error::ChannelOpenFailure(reason))) => {
                 let detail = live.signals.channel_failure.lock().unwrap().take();
-                let message = endpoint_message(&shared, index, &format!("{reason:?}"), detail);
+                let message = endpoint_message(shared, index, &format!("{reason:?}"), detail);
                 tracing::warn!(forward = %forward.name, %peer, "{message}");
                 counters.channel_failed(message);
                 return None;
@@ -75,7 +75,7 @@ async fn open(shared: &Shared, index: usize, peer: SocketAddr) -> Option<Channel
             }
             Err(_) => {
                 let message = endpoint_message(
-                    &shared,
+                    shared,
                     index,
                     &format!(
                         "no answer within {}s",

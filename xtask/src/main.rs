@@ -8,6 +8,7 @@ mod ci;
 mod context;
 mod env;
 mod output;
+mod tunnel;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use context::{Context, GlobalArgs, UsageError};
@@ -36,6 +37,9 @@ enum Command {
     Env(env::EnvArgs),
     /// Install what the tests need, then run fmt, clippy and the whole test suite.
     Ci(ci::CiArgs),
+    /// Open, inspect and stop the SSH tunnel to Redis.
+    #[command(subcommand)]
+    Tunnel(tunnel::TunnelCmd),
     /// Print a shell completion script.
     Completions {
         /// The shell to generate completions for.
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Env(args) => env::run(args, &ctx),
         Command::Ci(args) => ci::run(args, &ctx),
+        Command::Tunnel(cmd) => tunnel::run(cmd, &ctx),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "cargo-xtask", &mut std::io::stdout());

@@ -1,0 +1,335 @@
+//! `cargo xtask tunnel` through the built binary against real OpenSSH sshd and
+//! redis-server: detached start, status, stop, stale state, service files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mesh_testkit::{free_port, RedisServer, Sshd, StateDir};
+
+/// A bastion, a Redis behind it, and a private state root and home.
+struct Rig {
+    sshd: Sshd,
+    redis: RedisServer,
+    state: StateDir,
+    home: tempfile::TempDir,
+    env_file: PathBuf,
+    local_port: u16,
+}
+
+impl Rig {
+    fn start() -> Rig {
+        let sshd = Sshd::builder().start();
+        let redis = RedisServer::builder().password("tunnel-test-pw").start();
+        Rig::with(sshd, redis, None)
+    }
+
+    /// `known_hosts` replaces the sshd's own known_hosts file when given.
+    fn with(sshd: Sshd, redis: RedisServer, known_hosts: Option<&Path>) -> Rig {
+        let home = tempfile::tempdir().unwrap();
+        let local_port = free_port();
+        let env_file = home.path().join("tunnel.env");
+        let known_hosts = known_hosts.unwrap_or(sshd.known_hosts());
+        std::fs::write(
+            &env_file,
+            format!(
+                "BASTION_HOST_IP=127.0.0.1\nBASTION_PORT={}\nBASTION_USER={}\nBASTION_KEY_FILE={}\n\
+                 BASTION_KNOWN_HOSTS={}\nELASTICACHE_ENDPOINT=127.0.0.1:{}\nREDIS_TUNNEL_PORT={}\n\
+                 REDIS_PASSWORD=tunnel-test-pw\n",
+                sshd.port(),
+                sshd.user(),
+                sshd.user_key().private_path.display(),
+                known_hosts.display(),
+                redis.port(),
+                local_port,
+            ),
+        )
+        .unwrap();
+        Rig { sshd, redis, state: StateDir::new(), home, env_file, local_port }
+    }
+
+    /// Runs `cargo xtask --env-file <rig> tunnel <args>` with a clean environment.
+    fn xtask(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        cmd.arg("--env-file").arg(&self.env_file).arg("tunnel").args(args);
+        cmd.env_clear()
+            .env("HOME", self.home.path())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("NO_COLOR", "1");
+        self.state.apply(&mut cmd);
+        cmd
+    }
+
+    /// The one tunnel state directory under the state root.
+    fn tunnel_dir(&self) -> PathBuf {
+        let mut dirs: Vec<PathBuf> =
+            std::fs::read_dir(self.state.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(dirs.len(), 1, "one configuration, one directory: {dirs:?}");
+        dirs.remove(0)
+    }
+}
+
+impl Drop for Rig {
+    /// Never leave a detached tunnel behind, even when an assertion failed.
+    fn drop(&mut self) {
+        let _ =
+            self.command(&["stop", "--all"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is gone for our purposes: it holds no port, lock or socket.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn redis_ping(rig: &Rig) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &rig.local_port.to_string(), "--no-auth-warning", "PING"])
+        .env("REDISCLI_AUTH", "tunnel-test-pw")
+        .output()
+        .expect("redis-cli runs: apt-get install redis-tools");
+    text(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn start_detach_status_stop_leaves_no_process_socket_or_pid_file() {
+    let rig = Rig::start();
+
+    let out = rig.xtask(&["start", "--detach"]);
+    assert!(
+        out.status.success(),
+        "start --detach failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(" up through "), "{stdout}");
+    assert!(stdout.contains(&format!(
+        "localhost:{} -> 127.0.0.1:{}",
+        rig.local_port,
+        rig.redis.port()
+    )));
+    assert_eq!(redis_ping(&rig), "PONG");
+
+    let dir = rig.tunnel_dir();
+    let mode = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("control.sock")), 0o600);
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    assert!(!config.contains("tunnel-test-pw"), "no secret in config.json");
+
+    let out = rig.xtask(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["exit_code"], 0);
+    let tunnel = &json["tunnels"][0];
+    assert_eq!(tunnel["state"], "up");
+    assert_eq!(tunnel["health"]["ok"], true, "{tunnel}");
+    let pid = tunnel["pid"].as_u64().unwrap() as u32;
+    assert!(alive(pid));
+    let forward = &tunnel["status"]["tunnel"]["forwards"][0];
+    assert_eq!(forward["name"], "redis");
+    assert_eq!(forward["local_port"], rig.local_port);
+    // The redis-cli PING above; the health PING comes after this snapshot.
+    assert_eq!(forward["total_connections"], 1, "{forward}");
+    assert!(
+        forward["bytes_up"].as_u64().unwrap() > 0 && forward["bytes_down"].as_u64().unwrap() > 0
+    );
+    assert_eq!(tunnel["status"]["config"]["bastion_port"], rig.sshd.port());
+    assert!(!text(&out.stdout).contains("tunnel-test-pw"));
+
+    let out = rig.xtask(&["status"]);
+    assert_eq!(out.status.code(), Some(0));
+    let human = text(&out.stdout);
+    assert!(human.contains(&format!("  up  pid {pid}")), "{human}");
+    assert!(human.contains("FORWARD") && human.contains("health: PONG"), "{human}");
+
+    let out = rig.xtask(&["start", "--detach"]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stdout).contains(&format!("is already running (pid {pid})")),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = rig.xtask(&["stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).ends_with(&format!("(pid {pid}) stopped\n")),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!alive(pid), "the tunnel process is gone");
+    assert!(!dir.join("control.sock").exists());
+    assert!(!dir.join("tunnel.pid").exists());
+    assert!(dir.join("tunnel.log").exists(), "the log stays for `tunnel logs`");
+
+    let out = rig.xtask(&["status"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        text(&out.stdout),
+        "no tunnel is running: start one with `cargo xtask tunnel start --detach`\n"
+    );
+}
+
+#[test]
+fn stop_falls_back_to_sigterm_when_the_control_socket_is_gone() {
+    let rig = Rig::start();
+    let out = rig.xtask(&["start", "--detach"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dir = rig.tunnel_dir();
+    let pid: u32 = std::fs::read_to_string(dir.join("tunnel.pid")).unwrap().trim().parse().unwrap();
+    std::fs::remove_file(dir.join("control.sock")).unwrap();
+
+    let out = rig.xtask(&["status"]);
+    assert_eq!(out.status.code(), Some(1), "locked but not answering: {}", text(&out.stdout));
+
+    let out = rig.xtask(&["stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("stopped with SIGTERM (its control socket did not answer)"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!alive(pid));
+    assert!(!dir.join("tunnel.pid").exists());
+    let log = std::fs::read_to_string(dir.join("tunnel.log")).unwrap();
+    assert!(log.contains("stopping the tunnel"), "a graceful stop on SIGTERM:\n{log}");
+}
+
+#[test]
+fn detach_reports_the_childs_reason_when_the_host_key_is_unknown() {
+    let sshd = Sshd::builder().start();
+    let redis = RedisServer::builder().start();
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let rig = Rig::with(sshd, redis, Some(empty.path()));
+
+    let started = Instant::now();
+    let out = rig.xtask(&["start", "--detach", "--wait", "30"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(
+            "error: tunnel process exited (exit status: 1) before every forward was verified"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("ssh-keygen") || stderr.contains("--accept-new"),
+        "the engine's fix: {stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "fails fast, not at the deadline");
+    let dir = rig.tunnel_dir();
+    assert!(!dir.join("tunnel.pid").exists() && !dir.join("control.sock").exists());
+}
+
+#[test]
+fn stale_pid_file_of_a_crashed_run_is_cleaned_and_its_pid_never_signalled() {
+    let rig = Rig::start();
+    let out = rig.xtask(&["start", "--detach"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dir = rig.tunnel_dir();
+    let pid: u32 = std::fs::read_to_string(dir.join("tunnel.pid")).unwrap().trim().parse().unwrap();
+
+    // Simulate a crash: SIGKILL leaves the pid file and socket; then the pid
+    // file is made to name an unrelated process.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    std::fs::write(dir.join("tunnel.pid"), format!("{}\n", sleeper.id())).unwrap();
+    assert!(dir.join("control.sock").exists());
+
+    let out = rig.xtask(&["stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("was not running; removed what a crashed run left: "), "{stdout}");
+    assert!(sleeper.try_wait().unwrap().is_none(), "the unrelated process is untouched");
+    assert!(!dir.join("tunnel.pid").exists() && !dir.join("control.sock").exists());
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+
+    // And a fresh start works on the cleaned state.
+    let out = rig.xtask(&["start", "--detach"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(rig.xtask(&["stop"]).status.success());
+}
+
+#[test]
+fn foreground_start_stops_cleanly_on_sigterm_and_sighup() {
+    let rig = Rig::start();
+    for signal in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGHUP] {
+        let mut child =
+            rig.command(&["start"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while redis_ping(&rig) != "PONG" {
+            assert!(Instant::now() < deadline, "foreground tunnel never came up");
+            assert!(child.try_wait().unwrap().is_none(), "foreground tunnel exited early");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{signal}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).ends_with(&format!("stopped ({})\n", signal.as_str())),
+            "{}",
+            text(&out.stdout)
+        );
+        let dir = rig.tunnel_dir();
+        assert!(!dir.join("tunnel.pid").exists() && !dir.join("control.sock").exists());
+    }
+}
+
+#[test]
+fn status_with_no_tunnel_exits_3_and_logs_without_a_log_says_how_to_get_one() {
+    let rig = Rig::with(Sshd::builder().start(), RedisServer::builder().start(), None);
+    let out = rig.xtask(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json, serde_json::json!({ "tunnels": [], "exit_code": 3 }));
+
+    let out = rig.xtask(&["logs"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("error: no log at "), "{}", text(&out.stderr));
+}
+
+#[test]
+fn install_writes_a_systemd_user_unit_and_uninstall_removes_it() {
+    let rig = Rig::with(Sshd::builder().start(), RedisServer::builder().start(), None);
+    let out = rig.xtask(&["install"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let unit_path = rig.home.path().join(".config/systemd/user/mesh-dev-tunnel.service");
+    let unit = std::fs::read_to_string(&unit_path).unwrap();
+    assert!(unit.contains("\nRestart=on-failure\n"), "{unit}");
+    assert!(
+        unit.contains(&format!("--env-file {} tunnel start\n", rig.env_file.display())),
+        "{unit}"
+    );
+    assert!(unit.contains(&format!("Environment=XTASK_STATE_DIR={}\n", rig.state.path().display())));
+    assert!(!unit.contains("tunnel-test-pw"), "no secret in the unit");
+    assert!(text(&out.stdout).contains("systemctl --user enable --now mesh-dev-tunnel.service"));
+
+    let out = rig.xtask(&["uninstall"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!unit_path.exists());
+}

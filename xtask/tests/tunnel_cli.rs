@@ -333,3 +333,38 @@ fn install_writes_a_systemd_user_unit_and_uninstall_removes_it() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!unit_path.exists());
 }
+
+/// Runs a compatibility script with a stub `cargo` first on PATH that prints
+/// its working directory and arguments and exits with 3.
+fn run_script(script: &str, args: &[&str]) -> Output {
+    let stub_dir = tempfile::tempdir().unwrap();
+    let stub = stub_dir.path().join("cargo");
+    std::fs::write(&stub, "#!/bin/sh\necho \"$(pwd) $*\"\nexit 3\n").unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let path =
+        format!("{}:{}", stub_dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    Command::new(root.join(script)).args(args).current_dir("/").env("PATH", path).output().unwrap()
+}
+
+#[test]
+fn compatibility_scripts_exec_the_xtask_from_the_checkout_root() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().display().to_string();
+    let cases: [(&str, &[&str], &str); 5] = [
+        ("scripts/elasticache-tunnel.sh", &["start"], "xtask tunnel start --detach"),
+        ("scripts/elasticache-tunnel.sh", &["restart"], "xtask tunnel restart --detach"),
+        ("scripts/elasticache-tunnel.sh", &["status", "--json"], "xtask tunnel status --json"),
+        ("scripts/elasticache-tunnel.sh", &["stop"], "xtask tunnel stop"),
+        ("scripts/aws/connect-elasticache.sh", &[], "xtask tunnel start"),
+    ];
+    for (script, args, expected) in cases {
+        let out = run_script(script, args);
+        assert_eq!(out.status.code(), Some(3), "{script} passes the exit code through");
+        assert_eq!(text(&out.stdout), format!("{root} {expected}\n"), "{script} {args:?}");
+    }
+
+    let out = run_script("scripts/elasticache-tunnel.sh", &["bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).starts_with("usage: "), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "cargo is not run for an unknown verb");
+}

@@ -1,1 +1,39 @@
-//! (placeholder, replaced by the crate's work)
+//! The platform's services, run for development: a TOML manifest (commands,
+//! environment, dependencies, readiness, restarts, stop signals) and a
+//! supervisor that starts them in order, multiplexes their logs and stops
+//! every process it started.
+//!
+//! ```no_run
+//! # async fn demo(vars: std::collections::BTreeMap<String, String>) -> Result<(), Box<dyn std::error::Error>> {
+//! use mesh_supervisor::{check_paths, Manifest, Options, Outcome, Supervisor};
+//! let manifest = Manifest::load("services.toml".as_ref(), &vars)?;
+//! check_paths(&manifest)?;
+//! let options = Options { vars, only: vec![], log_dir: "logs".into(), color: true, timestamps: false };
+//! let supervisor = Supervisor::new(manifest, options);
+//! let stop = supervisor.stop_handle(); // call stop.request() on Ctrl+C (twice escalates)
+//! let (events, mut rx) = tokio::sync::mpsc::channel(1024);
+//! let run = tokio::spawn(supervisor.run(events));
+//! while let Some(event) = rx.recv().await { /* draw it */ }
+//! match run.await?? {
+//!     Outcome::Stopped => {}
+//!     Outcome::Failed(failure) => return Err(failure.into()),
+//! }
+//! # Ok(()) }
+//! ```
+
+mod interpolate;
+mod logs;
+mod manifest;
+mod probe;
+mod process;
+mod supervisor;
+
+pub use logs::{LogLine, LogStyle, Stream, MAX_LINE_SHOWN, TAIL_LINES};
+pub use manifest::{
+    check_paths, Check, Condition, Dependency, HttpCheck, LinePattern, Manifest, ManifestError,
+    PathError, Probe, Program, Restart, Service, DEFAULT_MANIFEST_FILE,
+};
+pub use nix::sys::signal::Signal;
+pub use supervisor::{
+    Event, Failure, FailureReason, Options, Outcome, StopHandle, SuperviseError, Supervisor,
+};

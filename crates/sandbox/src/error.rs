@@ -52,6 +52,18 @@ pub enum SandboxError {
     )]
     RedisExited { port: u16, status: String, log: PathBuf, tail: String },
 
+    #[error(
+        "the background sandbox exited at start ({status}); its log `{}` ends with: {tail}",
+        log.display()
+    )]
+    ServeExited { status: String, log: PathBuf, tail: String },
+
+    #[error(
+        "the background sandbox was not up after {waited_s} s; see its log `{}`",
+        log.display()
+    )]
+    ServeTimeout { waited_s: u64, log: PathBuf },
+
     #[error("could not start `{}`: {source}", program.display())]
     Spawn {
         program: PathBuf,

@@ -7,6 +7,7 @@
 //! subcommand.
 
 mod bastion;
+pub mod daemon;
 mod error;
 mod keys;
 mod net;

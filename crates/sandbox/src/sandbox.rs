@@ -161,7 +161,9 @@ fn make_dir(parent: Option<&Path>) -> Result<tempfile::TempDir> {
     }
 }
 
-/// The variables of the variables table, pointed at the sandbox.
+/// The variables of the variables table, pointed at the sandbox. Only the
+/// primary names: the config layers map the older aliases (`NAT_INSTANCE_IP`,
+/// `SSH_KEY_PATH`, `REDIS_HOST`) onto them, so this layer wins over those too.
 fn sandbox_vars(
     options: &SandboxOptions,
     endpoint: &str,
@@ -182,14 +184,11 @@ fn sandbox_vars(
     set("MESH_SANDBOX", "1".into());
     set("ENVIRONMENT", "development".into());
     set("BASTION_HOST_IP", "127.0.0.1".into());
-    set("NAT_INSTANCE_IP", "127.0.0.1".into());
     set("BASTION_PORT", bastion.port().to_string());
     set("BASTION_USER", BASTION_USER.into());
-    set("BASTION_KEY_FILE", key.clone());
-    set("SSH_KEY_PATH", key);
+    set("BASTION_KEY_FILE", key);
     set("BASTION_KNOWN_HOSTS", known_hosts);
     set("ELASTICACHE_ENDPOINT", endpoint.into());
-    set("REDIS_HOST", endpoint.into());
     set("REDIS_TUNNEL_PORT", tunnel_port.to_string());
     set("REDIS_PASSWORD", redis.password().expose().into());
     set("REDIS_TLS_ENABLED", "false".into());

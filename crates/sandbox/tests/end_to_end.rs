@@ -9,7 +9,8 @@ mod common;
 
 use common::{http, is_listening, process_exists, redis_connection, wait_for, SshForward};
 use mesh_sandbox::{
-    free_loopback_port, run_standin, Env, Role, Sandbox, SandboxOptions, CONSUMER_GROUP, STREAM,
+    daemon, free_loopback_port, run_standin, Env, Role, Sandbox, SandboxOptions, CONSUMER_GROUP,
+    STREAM,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -28,12 +29,26 @@ fn main() {
         }
         return;
     }
+    if let Some(at) = args.iter().position(|arg| arg == "--serve") {
+        let paths = daemon::DaemonPaths::in_dir(&args[at + 1]);
+        if let Err(err) = daemon::serve(&paths) {
+            eprintln!("serve: {err}");
+            std::process::exit(1);
+        }
+        return;
+    }
 
     let filter = args.iter().skip(1).find(|arg| !arg.starts_with('-'));
-    let tests: [(&str, fn()); 1] = [(
-        "an_event_posted_to_rest_api_is_acknowledged_by_the_worker_and_nothing_is_left",
-        an_event_posted_to_rest_api_is_acknowledged_by_the_worker_and_nothing_is_left,
-    )];
+    let tests: [(&str, fn()); 2] = [
+        (
+            "an_event_posted_to_rest_api_is_acknowledged_by_the_worker_and_nothing_is_left",
+            an_event_posted_to_rest_api_is_acknowledged_by_the_worker_and_nothing_is_left,
+        ),
+        (
+            "background_sandbox_is_started_found_and_stopped_leaving_nothing",
+            background_sandbox_is_started_found_and_stopped_leaving_nothing,
+        ),
+    ];
     for (name, test) in tests {
         if filter.is_some_and(|filter| !name.contains(filter.as_str())) {
             continue;
@@ -191,4 +206,52 @@ fn an_event_posted_to_rest_api_is_acknowledged_by_the_worker_and_nothing_is_left
     }
     assert!(!dir.exists(), "{} was left behind", dir.display());
     assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
+}
+
+fn background_sandbox_is_started_found_and_stopped_leaving_nothing() {
+    common::require_binary("redis-server", "apt-get install -y redis-server redis-tools");
+    let state = tempfile::tempdir().unwrap();
+    let paths = daemon::DaemonPaths::under_state_root(state.path());
+    let serve = || {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command.arg("--serve").arg(paths.dir());
+        command
+    };
+    assert_eq!(daemon::status(&paths), daemon::Status::NotRunning);
+
+    let running = match daemon::start(&paths, serve()).unwrap() {
+        daemon::Started::New(running) => running,
+        other => panic!("expected a new sandbox, got {other:?}"),
+    };
+    assert_eq!(daemon::status(&paths), daemon::Status::Running(running.clone()));
+    assert_eq!(
+        daemon::start(&paths, serve()).unwrap(),
+        daemon::Started::AlreadyRunning(running.clone())
+    );
+
+    // The env file it names works: its password opens its Redis.
+    let vars: std::collections::BTreeMap<String, String> =
+        dotenvy::from_path_iter(&running.env_file).unwrap().map(Result::unwrap).collect();
+    assert_eq!(vars["BASTION_PORT"], running.bastion_port.to_string());
+    let password = mesh_config::Secret::new(vars["REDIS_PASSWORD"].clone());
+    assert_eq!(common::auth_ping(running.redis_port, &password).unwrap(), "+OK\r\n+PONG\r\n");
+
+    assert_eq!(daemon::stop(&paths).unwrap(), Some(running.pid));
+    wait_for("the background sandbox to exit", Duration::from_secs(5), || {
+        (!process_exists(running.pid) || is_zombie(running.pid)).then_some(())
+    });
+    assert!(!process_exists(running.redis_pid), "redis-server {} still runs", running.redis_pid);
+    for port in [running.bastion_port, running.redis_port] {
+        assert!(!is_listening(port), "127.0.0.1:{port} still accepts connections");
+    }
+    assert!(!paths.dir().exists(), "{} was left behind", paths.dir().display());
+    assert_eq!(daemon::status(&paths), daemon::Status::NotRunning);
+    assert_eq!(daemon::stop(&paths).unwrap(), None);
+}
+
+/// The detached child of this test process stays a zombie until we exit.
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.starts_with(" Z")))
+        .unwrap_or(false)
 }

@@ -429,11 +429,12 @@ mod tests {
         // change between builds or Rust releases.
         assert_eq!(id.as_str(), "bastion-example-com-7734a5d1");
         assert_eq!(id, TunnelId::new("Bastion.Example.com", 22, "ec2-user", &[pg, redis.clone()]));
+        let only_redis = [redis];
         let others = [
-            TunnelId::new("Bastion.Example.com", 2222, "ec2-user", &[redis.clone()]),
-            TunnelId::new("Bastion.Example.com", 22, "admin", &[redis.clone()]),
-            TunnelId::new("staging.example.com", 22, "ec2-user", &[redis.clone()]),
-            TunnelId::new("Bastion.Example.com", 22, "ec2-user", &[redis]),
+            TunnelId::new("Bastion.Example.com", 2222, "ec2-user", &only_redis),
+            TunnelId::new("Bastion.Example.com", 22, "admin", &only_redis),
+            TunnelId::new("staging.example.com", 22, "ec2-user", &only_redis),
+            TunnelId::new("Bastion.Example.com", 22, "ec2-user", &only_redis),
         ];
         for other in &others {
             assert_ne!(&id, other);

@@ -256,7 +256,8 @@ impl Reader<'_> {
         default_port: u16,
         example: &str,
     ) -> Option<(String, u16, bool)> {
-        if self.empty_required(name, example) {
+        // Only the Redis endpoint is required; an empty optional one means "none".
+        if name == "ELASTICACHE_ENDPOINT" && self.empty_required(name, example) {
             return None;
         }
         let (raw, origin, written) = self.raw(name)?;

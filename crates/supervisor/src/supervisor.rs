@@ -209,6 +209,11 @@ impl StopHandle {
     pub fn request(&self) {
         self.0.send_modify(|n| *n += 1);
     }
+
+    /// How many stops were requested so far (1: stopping, 2 or more: killing).
+    pub fn requests(&self) -> u32 {
+        *self.0.borrow()
+    }
 }
 
 /// The services of one manifest, run until stopped or until one fails.

@@ -1,0 +1,251 @@
+//! Bastion: the address resolves, its TCP port answers, the host key is known
+//! and matches, authentication is accepted (no shell is opened), and every
+//! forward's endpoint is reachable *from* the bastion (a channel opens), so
+//! "cannot reach the bastion" and "the bastion cannot reach the cache" differ.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mesh_config::{Config, Forward, Secret};
+use mesh_tunnel::ssh_config::HostConfig;
+use mesh_tunnel::{State, TunnelError, TunnelSpec};
+use tokio::net::TcpStream;
+
+use crate::checks::{needs_config, not_quick, stamp};
+use crate::env::Env;
+use crate::{Category, CategoryReport, Check, SharedSession};
+
+pub(crate) async fn check(
+    env: &Env<'_>,
+    asked: Option<&Secret>,
+) -> (CategoryReport, Option<SharedSession>) {
+    let Some(config) = env.config else { return (needs_config(Category::Bastion), None) };
+    if env.options.sandbox {
+        let why = "not checked: `dev --sandbox` starts its own bastion";
+        return (CategoryReport::skipped(Category::Bastion, why), None);
+    }
+    if !config.tunnel.enabled {
+        let why = "not checked: USE_SSH_TUNNEL_FOR_REDIS=false";
+        return (CategoryReport::skipped(Category::Bastion, why), None);
+    }
+    if let Some(tunnel) = &env.options.tunnel {
+        return (reused(tunnel), Some(tunnel.clone()));
+    }
+    if env.options.quick {
+        return (not_quick(Category::Bastion), None);
+    }
+    let Some(bastion) = &config.bastion else {
+        let why = "not checked: BASTION_HOST_IP is not set (see Configuration)";
+        return (CategoryReport::skipped(Category::Bastion, why), None);
+    };
+    let spec = spec(env, config, asked.or(bastion.passphrase.as_ref()));
+    let (host, port) = dialled(&spec);
+    let label = format!("{}@{host}:{port}", spec.user_or_default());
+
+    let mut checks = Vec::new();
+    let reach = stamp(tcp(env, &host, port)).await;
+    let reachable = reach.severity == crate::Severity::Ok;
+    checks.push(reach);
+    if !reachable {
+        let summary = format!("{label}: cannot reach it");
+        return (CategoryReport::new(Category::Bastion, summary, checks), None);
+    }
+
+    let started = Instant::now();
+    let outcome = match mesh_tunnel::bind(spec.clone()).await {
+        Ok(bound) => bound.start().await,
+        Err(e) => Err(e),
+    };
+    let elapsed = started.elapsed();
+    let (session_checks, session) = match outcome {
+        Ok(tunnel) => (proven(&spec), Some(Arc::new(tunnel))),
+        Err(error) => (refused(&spec, error), None),
+    };
+    checks.extend(session_checks.into_iter().map(|c| c.took(elapsed)));
+    let summary = match &session {
+        Some(_) => format!("{label}: key accepted, endpoints reachable"),
+        None => format!("{label}: {}", first_problem(&checks)),
+    };
+    (CategoryReport::new(Category::Bastion, summary, checks), session)
+}
+
+/// The tunnel `dev` runs: its session is the one to judge, never a second one.
+fn reused(tunnel: &SharedSession) -> CategoryReport {
+    let status = tunnel.status();
+    let rtt = status.keepalive_rtt_ms.map(|ms| format!(", rtt {ms:.1} ms")).unwrap_or_default();
+    let check = match &status.state {
+        State::Up => Check::ok("session", format!("{} (shared with dev){rtt}", status.bastion)),
+        State::Reconnecting { reason, .. } => Check::fail(
+            "session",
+            format!("{}: session lost, reconnecting: {reason}", status.bastion),
+            "it retries by itself; if it keeps failing, run `cargo xtask doctor` alone",
+        ),
+        State::Stopped => {
+            Check::fail("session", "the tunnel is stopped", "restart `cargo xtask dev`")
+        }
+    };
+    CategoryReport::new(Category::Bastion, check.message.clone(), vec![check])
+}
+
+/// The spec of the doctor's own short-lived tunnel: every forward, on free
+/// local ports unless asked to bind the configured ones.
+fn spec(env: &Env<'_>, config: &Config, passphrase: Option<&Secret>) -> TunnelSpec {
+    let bastion = config.bastion.as_ref().expect("checked by the caller");
+    let forwards: Vec<Forward> = config
+        .forwards
+        .iter()
+        .map(|f| Forward {
+            local_port: if env.options.bind_configured { f.local_port } else { 0 },
+            ..f.clone()
+        })
+        .collect();
+    let mut spec = TunnelSpec::new(bastion.host.clone(), forwards);
+    spec.port = bastion.port;
+    spec.user = bastion.user.clone();
+    spec.key_file = bastion.key_file.clone();
+    spec.passphrase = passphrase.cloned();
+    if !bastion.known_hosts.as_os_str().is_empty() {
+        spec.known_hosts = bastion.known_hosts.clone();
+    }
+    spec.ssh_config = env.home().map(|h| h.join(".ssh/config"));
+    spec.bind_addrs = if env.options.bind_configured {
+        vec![config.tunnel.bind]
+    } else {
+        vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+    };
+    spec.keepalive_interval = config.tunnel.keepalive_interval;
+    spec.keepalive_count = config.tunnel.keepalive_count;
+    spec.connect_timeout = env.options.timeout;
+    spec.channel_open_timeout = env.options.timeout;
+    spec
+}
+
+trait UserOrDefault {
+    fn user_or_default(&self) -> String;
+}
+
+impl UserOrDefault for TunnelSpec {
+    fn user_or_default(&self) -> String {
+        if self.user.is_empty() {
+            "ec2-user".to_string()
+        } else {
+            self.user.clone()
+        }
+    }
+}
+
+/// The host and port actually dialled, after a `~/.ssh/config` alias.
+fn dialled(spec: &TunnelSpec) -> (String, u16) {
+    let alias = spec
+        .ssh_config
+        .as_ref()
+        .and_then(|p| HostConfig::load(p, &spec.host).ok())
+        .unwrap_or_default();
+    let host = alias.host_name.unwrap_or_else(|| spec.host.clone());
+    let port = if spec.port != 0 { spec.port } else { alias.port.unwrap_or(22) };
+    (host, port)
+}
+
+/// Name resolution and a TCP connect, each within the timeout.
+async fn tcp(env: &Env<'_>, host: &str, port: u16) -> Check {
+    let timeout = env.options.timeout;
+    let secs = timeout.as_secs_f32();
+    let addrs: Vec<SocketAddr> = match tokio::time::timeout(
+        timeout,
+        tokio::net::lookup_host((host, port)),
+    )
+    .await
+    {
+        Ok(Ok(addrs)) => addrs.collect(),
+        Ok(Err(e)) => {
+            let message = format!("cannot resolve the bastion `{host}`: {e}");
+            let fix =
+                "check BASTION_HOST_IP (an address, a DNS name, or a Host alias of ~/.ssh/config)";
+            return Check::fail("address", message, fix);
+        }
+        Err(_) => {
+            let message = format!("resolving `{host}` took over {secs}s");
+            return Check::fail("address", message, "check your DNS or VPN");
+        }
+    };
+    let Some(&addr) = addrs.first() else {
+        return Check::fail(
+            "address",
+            format!("`{host}` resolves to no address"),
+            "check BASTION_HOST_IP",
+        );
+    };
+    let fix =
+        "check BASTION_HOST_IP and BASTION_PORT, your network or VPN, and that the bastion's \
+               security group admits your address on that port";
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => Check::ok("tcp", format!("{addr} answers")),
+        Ok(Err(e)) => Check::fail("tcp", format!("cannot reach the bastion {addr}: {e}"), fix),
+        Err(_) => Check::fail(
+            "tcp",
+            format!("no answer from the bastion {addr} within {secs}s (packets dropped?)"),
+            fix,
+        ),
+    }
+}
+
+/// Every step passed.
+fn proven(spec: &TunnelSpec) -> Vec<Check> {
+    let mut checks = vec![
+        Check::ok("host key", format!("matches {}", spec.known_hosts.display())),
+        Check::ok("authentication", format!("accepted as `{}`", spec.user_or_default())),
+    ];
+    checks.extend(spec.forwards.iter().map(|f| {
+        Check::ok(
+            format!("{} endpoint", f.name),
+            format!("{}:{} reachable from the bastion", f.remote_host, f.remote_port),
+        )
+    }));
+    checks
+}
+
+/// Which step refused, from the tunnel's own error; the steps before it passed.
+fn refused(spec: &TunnelSpec, error: TunnelError) -> Vec<Check> {
+    let message = error.to_string();
+    let fixed_in_message = "";
+    let host_key_ok = Check::ok("host key", format!("matches {}", spec.known_hosts.display()));
+    let auth_ok = Check::ok("authentication", format!("accepted as `{}`", spec.user_or_default()));
+    match error {
+        TunnelError::UnknownHostKey { .. }
+        | TunnelError::HostKeyMismatch { .. }
+        | TunnelError::HostKeyRevoked { .. }
+        | TunnelError::KnownHostsUnreadable { .. }
+        | TunnelError::KnownHostsWrite { .. } => {
+            vec![Check::fail("host key", message, fixed_in_message)]
+        }
+        TunnelError::AuthRejected { .. }
+        | TunnelError::NoCredentials { .. }
+        | TunnelError::KeyNeedsPassphrase { .. }
+        | TunnelError::KeyPermissions { .. }
+        | TunnelError::KeyUnreadable { .. }
+        | TunnelError::UnsupportedKeyFormat { .. }
+        | TunnelError::WrongPassphrase { .. } => {
+            vec![host_key_ok, Check::fail("authentication", message, fixed_in_message)]
+        }
+        TunnelError::EndpointUnreachable { ref forward, .. } => {
+            let name = format!("{forward} endpoint");
+            vec![host_key_ok, auth_ok, Check::fail(name, message, fixed_in_message)]
+        }
+        TunnelError::PortInUse { .. } | TunnelError::Bind { .. } => {
+            vec![Check::fail("local listener", message, fixed_in_message)]
+        }
+        TunnelError::Timeout { what, .. } if what == "authentication" => {
+            vec![host_key_ok, Check::fail("authentication", message, fixed_in_message)]
+        }
+        _ => vec![Check::fail("ssh", message, fixed_in_message)],
+    }
+}
+
+fn first_problem(checks: &[Check]) -> String {
+    checks
+        .iter()
+        .find(|c| c.severity >= crate::Severity::Warn)
+        .map(|c| format!("{} refused", c.name))
+        .unwrap_or_default()
+}

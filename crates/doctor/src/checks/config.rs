@@ -1,0 +1,144 @@
+//! Configuration: `.env` found, required values present and valid (the
+//! configuration crate's own validation), its warnings (the `localhost` and
+//! Docker-only host traps), and `.env` ignored by git and not tracked.
+
+use std::path::Path;
+use std::time::Duration;
+
+use mesh_config::{Config, ConfigError};
+
+use crate::env::Env;
+use crate::fix::Fix;
+use crate::{Category, CategoryReport, Check};
+
+pub(crate) async fn check(env: &Env<'_>, config: &Result<Config, ConfigError>) -> CategoryReport {
+    let mut checks = vec![env_file(env)];
+    let summary = match config {
+        Ok(config) => {
+            checks.extend(required(env, config));
+            checks.extend(config.warnings.iter().map(|finding| {
+                let fix = "see the message; `cargo xtask env` shows every value and its source";
+                Check::warn(finding.var.clone(), finding.to_string(), fix)
+            }));
+            let files: Vec<String> = config.files.iter().map(|p| env.show(p)).collect();
+            if files.is_empty() {
+                "no env file read; values from the shell".to_string()
+            } else {
+                format!("{} read", files.join(", "))
+            }
+        }
+        Err(error) => {
+            checks.extend(load_error(error));
+            "the configuration has errors".to_string()
+        }
+    };
+    checks.extend(git_checks(env).await);
+    CategoryReport::new(Category::Configuration, summary, checks)
+}
+
+/// `.env` at the workspace root, unless `--env-file` replaced it or the sandbox supplies all.
+fn env_file(env: &Env<'_>) -> Check {
+    let dotenv = env.root.join(".env");
+    let example = env.root.join(".env.example");
+    if let Some(config) = env.config {
+        if !config.files.is_empty() && !config.files.iter().any(|f| f == &dotenv) {
+            return Check::ok(".env", "replaced by --env-file");
+        }
+    }
+    if dotenv.is_file() {
+        return Check::ok(".env", env.show(&dotenv));
+    }
+    if env.options.sandbox {
+        return Check::ok(".env", "none; the sandbox supplies its own values");
+    }
+    let message = format!("no .env at {}", env.show(env.root));
+    if example.is_file() {
+        let fix = "copy .env.example to .env and fill in its values: `cp .env.example .env`";
+        Check::warn(".env", message, fix)
+            .with_auto_fix(Fix::CopyEnvExample { from: example, to: dotenv })
+    } else {
+        Check::warn(".env", message, "create .env with the variables DESIGN.md lists")
+    }
+}
+
+/// The values the real workflow cannot start without.
+fn required(env: &Env<'_>, config: &Config) -> Vec<Check> {
+    if env.options.sandbox {
+        return vec![Check::ok("required values", "supplied by the sandbox")];
+    }
+    let mut checks = Vec::new();
+    if config.redis.is_none() {
+        let error = ConfigError::Missing { var: "ELASTICACHE_ENDPOINT", needed_for: "Redis" };
+        checks.push(Check::fail("ELASTICACHE_ENDPOINT", error.to_string(), fix_for_missing()));
+    }
+    if config.tunnel.enabled && config.bastion.is_none() {
+        let error = ConfigError::Missing { var: "BASTION_HOST_IP", needed_for: "the tunnel" };
+        checks.push(Check::fail("BASTION_HOST_IP", error.to_string(), fix_for_missing()));
+    }
+    if checks.is_empty() {
+        let bastion = config.bastion.as_ref().map(|b| format!("bastion {}:{}", b.host, b.port));
+        let redis = config.redis.as_ref().map(|r| format!("endpoint {}:{}", r.host, r.port));
+        let found: Vec<String> = bastion.into_iter().chain(redis).collect();
+        checks.push(Check::ok("required values", found.join(", ")));
+    }
+    checks
+}
+
+fn fix_for_missing() -> &'static str {
+    "add it to .env (.env.example documents every variable), or export it"
+}
+
+/// A configuration that did not load: one `[✗]` per bad value.
+fn load_error(error: &ConfigError) -> Vec<Check> {
+    match error {
+        ConfigError::Invalid { findings } => findings
+            .iter()
+            .map(|f| {
+                Check::fail(f.var.clone(), f.to_string(), "correct the value as the message says")
+            })
+            .collect(),
+        other => {
+            vec![Check::fail("configuration", other.to_string(), "correct it as the message says")]
+        }
+    }
+}
+
+/// `.env` and `.env.local` must be ignored by git and not tracked: they hold secrets.
+async fn git_checks(env: &Env<'_>) -> Vec<Check> {
+    let Some(git) = env.which("git") else { return Vec::new() };
+    let timeout = env.options.timeout;
+    let mut checks = Vec::new();
+    for name in [".env", ".env.local"] {
+        if !env.root.join(name).is_file() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let check = git_check(env, &git, name, timeout).await;
+        checks.extend(check.map(|c| c.took(started.elapsed())));
+    }
+    checks
+}
+
+async fn git_check(env: &Env<'_>, git: &Path, name: &str, timeout: Duration) -> Option<Check> {
+    let inside = env.run(git, &["rev-parse", "--is-inside-work-tree"], timeout).await.ok()?;
+    if !inside.success {
+        return None;
+    }
+    let tracked = env.run(git, &["ls-files", "--error-unmatch", "--", name], timeout).await.ok()?;
+    if tracked.success {
+        let message = format!("{name} is tracked by git: its secrets are in the history");
+        let fix = format!(
+            "`git rm --cached {name}` and commit; rotate any secret it held if it was pushed"
+        );
+        return Some(Check::warn(format!("{name} in git"), message, fix));
+    }
+    let ignored = env.run(git, &["check-ignore", "-q", "--", name], timeout).await.ok()?;
+    if ignored.success {
+        return Some(Check::ok(format!("{name} in git"), "ignored, not tracked"));
+    }
+    let message = format!("{name} is not ignored by git: `git add .` would commit its secrets");
+    let gitignore = env.root.join(".gitignore");
+    let fix = format!("add the line `{name}` to .gitignore");
+    let auto = Fix::GitIgnore { gitignore, entry: name.to_string() };
+    Some(Check::warn(format!("{name} in git"), message, fix).with_auto_fix(auto))
+}

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use mesh_config::Config;
@@ -53,16 +53,16 @@ pub enum TunnelCmd {
 pub struct StartArgs {
     /// Run in the background; return once every forward is verified.
     #[arg(short, long)]
-    detach: bool,
+    pub(crate) detach: bool,
     /// Trust and record the bastion's host key if known_hosts has none (trust on first use).
     #[arg(long)]
-    accept_new: bool,
+    pub(crate) accept_new: bool,
     /// Allow TUNNEL_BIND_ADDRESS to be a non-loopback address (others can then use the tunnel).
     #[arg(long)]
-    allow_remote_bind: bool,
+    pub(crate) allow_remote_bind: bool,
     /// With --detach, how long to wait for the forwards to be verified.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-    wait: u64,
+    pub(crate) wait: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -112,7 +112,7 @@ struct Setup {
 
 fn setup(ctx: &Context) -> anyhow::Result<Setup> {
     let config = ctx.config()?;
-    let root = state_root(&config);
+    let root = StateRoot::from_config(&config);
     let bastion = config.require_bastion()?;
     if config.forwards.is_empty() {
         return Err(UsageError(
@@ -125,24 +125,10 @@ fn setup(ctx: &Context) -> anyhow::Result<Setup> {
     Ok(Setup { config, root, state })
 }
 
-/// `XTASK_STATE_DIR` (from any layer) keeps sockets inside it; otherwise they
-/// go under `$XDG_RUNTIME_DIR/mesh-dev` when the shell has one.
-fn state_root(config: &Config) -> StateRoot {
-    let overridden = config.get("XTASK_STATE_DIR").is_some_and(|v| !v.is_empty());
-    let runtime_dir = match overridden {
-        true => None,
-        false => config
-            .shell_var("XDG_RUNTIME_DIR")
-            .filter(|v| !v.is_empty())
-            .map(|run| Path::new(run).join(control::PRODUCT_DIR)),
-    };
-    StateRoot { dir: config.state_root.clone(), runtime_dir }
-}
-
 /// The state root without a valid configuration (for `status`, `stop --all`).
 fn state_root_or_env(ctx: &Context) -> anyhow::Result<StateRoot> {
     match ctx.config() {
-        Ok(config) => Ok(state_root(&config)),
+        Ok(config) => Ok(StateRoot::from_config(&config)),
         Err(_) => Ok(StateRoot::from_env()?),
     }
 }
@@ -156,7 +142,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// The addresses to bind: empty (both loopbacks) for the default, the
 /// configured one otherwise, refused when not loopback without the flag.
-fn bind_addrs(config: &Config, args: &StartArgs, ctx: &Context) -> anyhow::Result<Vec<IpAddr>> {
+pub(crate) fn bind_addrs(config: &Config, args: &StartArgs, ctx: &Context) -> anyhow::Result<Vec<IpAddr>> {
     let bind = config.tunnel.bind;
     if bind == IpAddr::from([127, 0, 0, 1]) {
         return Ok(Vec::new());
@@ -176,7 +162,7 @@ fn bind_addrs(config: &Config, args: &StartArgs, ctx: &Context) -> anyhow::Resul
     Ok(vec![bind])
 }
 
-fn spec(
+pub(crate) fn spec(
     config: &Config,
     args: &StartArgs,
     bind_addrs: Vec<IpAddr>,
@@ -207,7 +193,11 @@ fn run_foreground(
 ) -> anyhow::Result<ExitCode> {
     let Setup { config, state, .. } = setup(ctx)?;
     let bind_addrs = bind_addrs(&config, args, ctx)?;
-    let spec = spec(&config, args, bind_addrs)?;
+    let mut spec = spec(&config, args, bind_addrs)?;
+    if detached_child {
+        // No terminal: a passphrase comes from the environment or not at all.
+        spec.interactive = false;
+    }
     let lock = match state.lock() {
         Ok(lock) => lock,
         Err(ControlError::AlreadyRunning { id, pid }) => {
@@ -229,7 +219,7 @@ fn run_foreground(
             None => (None, None),
         };
         let shared = Arc::new(SharedTunnel::new(tunnel).with_redis_auth(user, password));
-        let record = record(&state, &spec);
+        let record = TunnelRecord::new(&state, &spec);
         let guard = control::serve_control(shared.clone(), lock, record.clone()).await?;
         tracing::info!(id = %state.id, pid = record.pid, "tunnel up, every forward verified");
         if !detached_child {
@@ -259,27 +249,7 @@ async fn wait_for_stop(guard: &control::ControlGuard) -> anyhow::Result<&'static
     })
 }
 
-fn record(state: &StateDir, spec: &mesh_tunnel::TunnelSpec) -> TunnelRecord {
-    let bind_addrs = if spec.bind_addrs.is_empty() {
-        vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)]
-    } else {
-        spec.bind_addrs.clone()
-    };
-    TunnelRecord {
-        id: state.id.to_string(),
-        bastion_host: spec.host.clone(),
-        bastion_port: spec.port,
-        bastion_user: spec.user.clone(),
-        forwards: spec.forwards.iter().map(Into::into).collect(),
-        bind_addrs,
-        socket: state.socket.clone(),
-        pid: std::process::id(),
-        started_at: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        exe: std::env::current_exe().ok(),
-    }
-}
-
-fn say_up(ctx: &Context, state: &StateDir, record: &TunnelRecord) {
+pub(crate) fn say_up(ctx: &Context, state: &StateDir, record: &TunnelRecord) {
     let host = format!("{}@{}:{}", record.bastion_user, record.bastion_host, record.bastion_port);
     ctx.out.say(&format!("tunnel {} up through {host} (pid {})", state.id, record.pid));
     for f in &record.forwards {
@@ -305,7 +275,10 @@ fn start_detached(args: &StartArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let request = detach_request(args, ctx)?;
+    let bastion = config.require_bastion()?;
+    let passphrase =
+        control::passphrase_for_child(bastion.key_file.as_deref(), bastion.passphrase.as_ref())?;
+    let request = detach_request(args, ctx, passphrase)?;
     let reply = rt.block_on(control::start_detached(&state, request))?;
     if ctx.out.json {
         ctx.out.json(&reply)?;
@@ -319,7 +292,11 @@ fn start_detached(args: &StartArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
 /// The child's command line: the same env files and verbosity, `tunnel
 /// serve` with the same flags. `--set` values go in its environment, where
 /// they still win over the files (and a secret stays out of `ps`).
-fn detach_request(args: &StartArgs, ctx: &Context) -> anyhow::Result<DetachRequest> {
+fn detach_request(
+    args: &StartArgs,
+    ctx: &Context,
+    passphrase: Option<mesh_config::Secret>,
+) -> anyhow::Result<DetachRequest> {
     let program = std::env::current_exe().context("find the path of this binary")?;
     let mut argv: Vec<OsString> = Vec::new();
     for file in &ctx.global.env_files {
@@ -341,10 +318,10 @@ fn detach_request(args: &StartArgs, ctx: &Context) -> anyhow::Result<DetachReque
     if std::env::var_os("RUST_LOG").is_none() {
         env.push(("RUST_LOG".into(), "info".into()));
     }
-    // FIXME: an encrypted key without BASTION_KEY_PASSPHRASE cannot be
-    // unlocked by the detached child (it has no terminal); it fails with the
-    // engine's message. Asking here and passing it through the environment
-    // needs the engine to say whether the key is encrypted.
+    // Asked here on our terminal; the child reads it like a configured one.
+    if let Some(passphrase) = passphrase {
+        env.push(("BASTION_KEY_PASSPHRASE".into(), passphrase.expose().into()));
+    }
     Ok(DetachRequest { program, args: argv, env, wait: Duration::from_secs(args.wait) })
 }
 

@@ -3,9 +3,11 @@
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{IsTerminal, Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use mesh_config::Secret;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -88,6 +90,36 @@ pub async fn start_detached(
     }
 }
 
+/// For a detached start with an encrypted key and no configured passphrase:
+/// asks for it here, on the terminal the child will not have, so the caller
+/// can hand it over in the child's environment (`BASTION_KEY_PASSPHRASE`,
+/// readable only by this user, never in argv). `None` when nothing needs
+/// asking or there is no terminal (the child then fails with the engine's
+/// message naming the variable).
+pub fn passphrase_for_child(
+    key_file: Option<&Path>,
+    configured: Option<&Secret>,
+) -> Result<Option<Secret>, ControlError> {
+    let Some(path) = key_file else { return Ok(None) };
+    if configured.is_some() || !std::io::stdin().is_terminal() || !key_is_encrypted(path) {
+        return Ok(None);
+    }
+    let prompt = format!("Enter passphrase for key '{}': ", path.display());
+    let passphrase = rpassword::prompt_password(prompt)
+        .map_err(|source| ControlError::Io { path: path.to_owned(), source })?;
+    Ok(Some(Secret::new(passphrase)))
+}
+
+/// True when the key file at `path` is encrypted (OpenSSH or legacy PEM);
+/// false when it is not or cannot be read (the engine then says why).
+pub fn key_is_encrypted(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else { return false };
+    if text.contains("-----BEGIN OPENSSH PRIVATE KEY-----") {
+        return russh::keys::PrivateKey::from_openssh(&text).is_ok_and(|k| k.is_encrypted());
+    }
+    text.contains("ENCRYPTED")
+}
+
 /// Rotates a log past [`LOG_ROTATE_BYTES`] to `tunnel.log.1` and returns the
 /// offset where this run's output will start.
 fn prepare_log(state: &StateDir) -> Result<u64, ControlError> {
@@ -117,6 +149,28 @@ fn read_from(state: &StateDir, offset: u64) -> String {
 mod tests {
     use super::*;
     use crate::control::{StateRoot, TunnelId};
+
+    #[test]
+    fn encrypted_keys_are_told_apart_from_plain_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let keygen = |name: &str, passphrase: &str, pem: bool| {
+            let path = tmp.path().join(name);
+            let mut cmd = std::process::Command::new("ssh-keygen");
+            cmd.args(["-q", "-t", "ecdsa", "-N", passphrase, "-f"]).arg(&path);
+            if pem {
+                cmd.args(["-m", "PEM"]);
+            }
+            let status = cmd.status().expect("ssh-keygen runs: apt-get install openssh-client");
+            assert!(status.success());
+            path
+        };
+        assert!(!key_is_encrypted(&keygen("plain", "", false)));
+        assert!(key_is_encrypted(&keygen("openssh", "throwaway-test-pass", false)));
+        assert!(key_is_encrypted(&keygen("pem", "throwaway-test-pass", true)));
+        assert!(!key_is_encrypted(&tmp.path().join("missing")));
+        // Without a terminal (as under `cargo test`) nothing is asked.
+        assert!(passphrase_for_child(Some(&tmp.path().join("openssh")), None).unwrap().is_none());
+    }
 
     #[tokio::test]
     async fn detached_child_that_exits_reports_its_log() {

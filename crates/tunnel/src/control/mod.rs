@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 
 pub use client::request;
-pub use detach::{start_detached, DetachRequest};
+pub use detach::{key_is_encrypted, passphrase_for_child, start_detached, DetachRequest};
 pub use engine::SharedTunnel;
 pub use logs::{follow, tail_lines, LOG_ROTATE_BYTES};
 pub use process::{is_ours, stop, StopOutcome, StopVia};

@@ -50,8 +50,9 @@ pub async fn stop(
 
     let pid = state.read_pid()?;
     match request(&state.socket, Request::Stop, grace).await {
-        Ok(Reply::Stopped { .. }) if wait_unlocked(state, grace).await? => {
-            return Ok(StopOutcome::Stopped { pid, via: StopVia::ControlSocket });
+        Ok(Reply::Stopped { pid: stopped }) if wait_unlocked(state, grace).await? => {
+            wait_exited(stopped, grace).await;
+            return Ok(StopOutcome::Stopped { pid: Some(stopped), via: StopVia::ControlSocket });
         }
         Ok(reply) => {
             tracing::warn!(id = %state.id, ?reply, "stop over the control socket did not finish")
@@ -79,11 +80,13 @@ async fn terminate(state: &StateDir, pid: u32, grace: Duration) -> Result<StopVi
     let target = Pid::from_raw(pid as i32);
     tracing::info!(pid, "sending SIGTERM");
     if kill(target, Signal::SIGTERM).is_err() || wait_unlocked(state, grace).await? {
+        wait_exited(pid, grace).await;
         return Ok(StopVia::Sigterm);
     }
     tracing::warn!(pid, grace_s = grace.as_secs(), "no exit after SIGTERM, sending SIGKILL");
     let _ = kill(target, Signal::SIGKILL);
     if wait_unlocked(state, Duration::from_secs(5)).await? {
+        wait_exited(pid, Duration::from_secs(5)).await;
         Ok(StopVia::Sigkill)
     } else {
         Err(ControlError::Unkillable { pid })
@@ -101,6 +104,29 @@ async fn wait_unlocked(state: &StateDir, timeout: Duration) -> Result<bool, Cont
             return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls until `pid` has exited: the lock is released while the process
+/// still unwinds, and a caller of `stop` expects no process left. A zombie
+/// counts as exited (it holds no port, file or socket). Gives up silently
+/// after `timeout`.
+async fn wait_exited(pid: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while is_running(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// True while `pid` exists and is not a zombie.
+fn is_running(pid: u32) -> bool {
+    if kill(Pid::from_raw(pid as i32), None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesized command name.
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
     }
 }
 

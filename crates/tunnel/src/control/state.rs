@@ -4,8 +4,10 @@
 use std::ffi::OsString;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use mesh_config::Forward;
 use nix::fcntl::{Flock, FlockArg};
@@ -56,6 +58,20 @@ impl StateRoot {
         };
         let runtime_dir = set("XDG_RUNTIME_DIR").map(|run| run.join(PRODUCT_DIR));
         Ok(StateRoot { dir, runtime_dir })
+    }
+
+    /// The root a loaded configuration names: its `state_root` (from
+    /// `XTASK_STATE_DIR` in any layer, else the XDG default), with sockets
+    /// under the shell's `$XDG_RUNTIME_DIR/mesh-dev` unless the root was
+    /// overridden. `tunnel start` and `dev` both use it, so `status` finds
+    /// either.
+    pub fn from_config(config: &mesh_config::Config) -> Self {
+        let overridden = config.get("XTASK_STATE_DIR").is_some_and(|v| !v.is_empty());
+        let runtime_dir = config
+            .shell_var("XDG_RUNTIME_DIR")
+            .filter(|v| !v.is_empty() && !overridden)
+            .map(|run| Path::new(run).join(PRODUCT_DIR));
+        StateRoot { dir: config.state_root.clone(), runtime_dir }
     }
 
     /// The paths of one configuration's state; nothing is created.
@@ -355,6 +371,29 @@ pub struct TunnelRecord {
     pub started_at: u64,
     /// The binary running the tunnel, to check a pid is ours before a signal.
     pub exe: Option<PathBuf>,
+}
+
+impl TunnelRecord {
+    /// The record of a tunnel this process runs from `spec` in `state`.
+    pub fn new(state: &StateDir, spec: &crate::TunnelSpec) -> Self {
+        let bind_addrs = if spec.bind_addrs.is_empty() {
+            vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
+        } else {
+            spec.bind_addrs.clone()
+        };
+        TunnelRecord {
+            id: state.id.to_string(),
+            bastion_host: spec.host.clone(),
+            bastion_port: spec.port,
+            bastion_user: spec.user.clone(),
+            forwards: spec.forwards.iter().map(Into::into).collect(),
+            bind_addrs,
+            socket: state.socket.clone(),
+            pid: std::process::id(),
+            started_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            exe: std::env::current_exe().ok(),
+        }
+    }
 }
 
 /// A forward as recorded on disk (`mesh_config::Forward` is write-only).

@@ -4,11 +4,13 @@
 //! every process it started.
 //!
 //! ```no_run
-//! # async fn demo(vars: std::collections::BTreeMap<String, String>) -> Result<(), Box<dyn std::error::Error>> {
+//! # use std::collections::BTreeMap;
+//! # async fn demo(vars: BTreeMap<String, String>) -> Result<(), Box<dyn std::error::Error>> {
 //! use mesh_supervisor::{check_paths, Manifest, Options, Outcome, Supervisor};
 //! let manifest = Manifest::load("services.toml".as_ref(), &vars)?;
 //! check_paths(&manifest)?;
-//! let options = Options { vars, only: vec![], log_dir: "logs".into(), color: true, timestamps: false };
+//! let log_dir = "logs".into();
+//! let options = Options { vars, only: vec![], log_dir, color: true, timestamps: false };
 //! let supervisor = Supervisor::new(manifest, options);
 //! let stop = supervisor.stop_handle(); // call stop.request() on Ctrl+C (twice escalates)
 //! let (events, mut rx) = tokio::sync::mpsc::channel(1024);

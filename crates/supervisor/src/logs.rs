@@ -126,7 +126,8 @@ impl LogFile {
         let mut guard = self.file.lock().expect("log file lock");
         if let Some(file) = guard.as_mut() {
             if let Err(error) = file.write_all(bytes) {
-                tracing::warn!(path = %self.path.display(), %error, "log file write failed, no longer writing it");
+                let path = self.path.display();
+                tracing::warn!(%path, %error, "log file write failed, no longer writing it");
                 *guard = None;
             }
         }

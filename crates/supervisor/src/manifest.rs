@@ -164,9 +164,17 @@ pub enum ManifestError {
         cycle.join(" -> ")
     )]
     Cycle { path: PathBuf, cycle: Vec<String> },
-    #[error("{}: no services defined; add a `[services.NAME]` table with a `command`", path.display())]
+    #[error(
+        "{}: no services defined; add a `[services.NAME]` table with a `command`",
+        path.display()
+    )]
     Empty { path: PathBuf },
-    #[error("no service `{name}` in {}{}; the services are: {}", path.display(), suggest(suggestion), known.join(", "))]
+    #[error(
+        "no service `{name}` in {}{}; the services are: {}",
+        path.display(),
+        suggest(suggestion),
+        known.join(", ")
+    )]
     UnknownService { path: PathBuf, name: String, suggestion: Option<String>, known: Vec<String> },
 }
 

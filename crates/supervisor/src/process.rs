@@ -1,5 +1,15 @@
 //! Process groups: each service runs as the leader of its own group, so a
 //! signal reaches everything it started (`go run` and the binary it builds).
+//!
+//! FIXME: a process that leaves its group (`setsid`, a self-daemonizing
+//! server) is out of `killpg`'s reach and survives the stop. Dev servers
+//! rarely do this; when one does, the next run's free-port check names the
+//! port it still holds.
+//!
+//! FIXME: when this process itself is SIGKILLed, the groups are orphaned and
+//! keep running. `PR_SET_PDEATHSIG` is no cure here: it fires when the
+//! spawning *thread* exits, and tokio's threads come and go. The next run's
+//! free-port check reports the leftovers.
 
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 /// A run that lasted this long resets the restart count: the crashes before it
 /// are history, not a crash loop.
@@ -313,15 +313,25 @@ impl Supervisor {
         let (failures, mut failures_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(self.shared(&selected, events, shutdown, escalate, failures)?);
 
-        let tasks: Vec<JoinHandle<()>> =
-            selected.iter().map(|&idx| tokio::spawn(run_service(shared.clone(), idx))).collect();
-        let mut all_done = Box::pin(futures_join(tasks));
+        // Dropping the set (this future cancelled) aborts every service task,
+        // and each one's `Running` then kills its group.
+        let mut tasks = JoinSet::new();
+        for &idx in &selected {
+            tasks.spawn(run_service(shared.clone(), idx));
+        }
         let mut stop_rx = self.stop.subscribe();
         stop_rx.mark_changed();
         let mut failure = None;
         loop {
             tokio::select! {
-                () = &mut all_done => break,
+                joined = tasks.join_next() => match joined {
+                    None => break,
+                    Some(Ok(())) => {}
+                    Some(Err(error)) => {
+                        tracing::error!(%error, "service task panicked, stopping the others");
+                        shutdown_tx.send_replace(true);
+                    }
+                },
                 Ok(()) = stop_rx.changed() => {
                     let requests = *stop_rx.borrow_and_update();
                     if requests >= 1 && !*shutdown_tx.borrow() {
@@ -392,15 +402,6 @@ impl Supervisor {
     }
 }
 
-/// Waits for every task; a panicked one is logged (its service then counts as stopped).
-async fn futures_join(tasks: Vec<JoinHandle<()>>) {
-    for task in tasks {
-        if let Err(error) = task.await {
-            tracing::error!(%error, "service task panicked");
-        }
-    }
-}
-
 /// Marks a service's task done however it returns, so its dependencies stop.
 struct DoneGuard(Arc<Shared>, usize);
 
@@ -415,6 +416,10 @@ impl Drop for DoneGuard {
 struct Running {
     child: Child,
     pgid: i32,
+    /// True once the whole group is known gone; until then dropping this
+    /// (the run's future cancelled, the runtime shutting down) SIGKILLs the
+    /// group, so no path leaves a service behind.
+    ended: bool,
     pumps: Vec<JoinHandle<()>>,
     started: Instant,
     env: BTreeMap<String, String>,
@@ -574,6 +579,7 @@ async fn start(shared: &Arc<Shared>, idx: usize) -> Result<Running, FailureReaso
         pumps.push(tokio::spawn(pump(err, Stream::Stderr, sink)));
     }
     Ok(Running {
+        ended: false,
         child,
         pgid: pid as i32,
         pumps,
@@ -596,7 +602,8 @@ async fn supervise(shared: &Shared, idx: usize, running: &mut Running) -> Life {
                 let status = status.unwrap_or_else(|_| ExitStatus::default());
                 tracing::warn!(service = %service.name, status = %status, "service exited");
                 shared.phases[idx].send_replace(Phase::Down);
-                shared.emit(Event::Exited { service: service.name.clone(), status: describe(status), ready }).await;
+                let (service, status_text) = (service.name.clone(), describe(status));
+                shared.emit(Event::Exited { service, status: status_text, ready }).await;
                 return Life::Exited { status, ready };
             }
             result = &mut probing, if !ready => match result {
@@ -604,7 +611,8 @@ async fn supervise(shared: &Shared, idx: usize, running: &mut Running) -> Life {
                     ready = true;
                     tracing::info!(service = %service.name, "service ready");
                     shared.phases[idx].send_replace(Phase::Ready);
-                    shared.emit(Event::Ready { service: service.name.clone(), after: running.started.elapsed() }).await;
+                    let after = running.started.elapsed();
+                    shared.emit(Event::Ready { service: service.name.clone(), after }).await;
                 }
                 Err((tries, last)) => return Life::NotReady { tries, last },
             },
@@ -661,11 +669,21 @@ async fn readiness(
 
 /// After the leader exited on its own: ends what it left in its group (a
 /// `go run` child, say) and drains the output.
-async fn reap_leftovers(shared: &Shared, idx: usize, running: Running) {
+async fn reap_leftovers(shared: &Shared, idx: usize, mut running: Running) {
     let service = shared.service(idx);
     terminate_group(running.pgid, service.stop_signal, service.stop_grace, shared.escalate.clone())
         .await;
-    drain(running.pumps).await;
+    running.ended = true;
+    drain(std::mem::take(&mut running.pumps)).await;
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.ended {
+            tracing::warn!(pgid = self.pgid, "service dropped while running, killing its group");
+            crate::process::signal_group(self.pgid, Signal::SIGKILL);
+        }
+    }
 }
 
 /// The delay before the next start, or None when the policy allows no more.
@@ -683,7 +701,8 @@ fn restart_delay(policy: Restart, status: ExitStatus, restarts: u32) -> Option<D
 async fn backoff(shared: &Shared, idx: usize, attempt: u32, delay: Duration) -> bool {
     let service = shared.service(idx);
     let Restart::OnFailure { max, .. } = service.restart else { return false };
-    tracing::info!(service = %service.name, attempt, max, delay_ms = delay.as_millis() as u64, "restarting service");
+    let delay_ms = delay.as_millis() as u64;
+    tracing::info!(service = %service.name, attempt, max, delay_ms, "restarting service");
     shared
         .file(idx)
         .line(std::time::SystemTime::now(), &format!("--- restarting ({attempt} of {max})"));
@@ -715,11 +734,12 @@ async fn stop(shared: &Shared, idx: usize, mut running: Running) {
         terminate_group(running.pgid, signal, service.stop_grace, shared.escalate.clone()),
         running.child.wait()
     );
+    running.ended = true;
     if ended == Ended::Killed {
         tracing::warn!(service = %service.name, "service killed after its grace period");
         shared.emit(Event::Killed { service: service.name.clone(), after: began.elapsed() }).await;
     }
-    drain(running.pumps).await;
+    drain(std::mem::take(&mut running.pumps)).await;
     shared.file(idx).line(std::time::SystemTime::now(), "--- stopped");
     shared.emit(Event::Stopped { service: service.name.clone() }).await;
 }

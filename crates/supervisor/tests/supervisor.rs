@@ -495,3 +495,41 @@ async fn fail_missing_program_says_what_to_install() {
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_the_run_kills_every_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("services.toml");
+    let text = r#"
+        [services.a]
+        shell = "sleep 300 & echo up; wait"
+        ready = { log_line = "up", interval = "100ms", retries = 50 }
+        [services.b]
+        command = ["sleep", "300"]
+        depends_on = ["a"]
+    "#;
+    std::fs::write(&path, text).unwrap();
+    let vars = BTreeMap::new();
+    let manifest = Manifest::load(&path, &vars).unwrap();
+    let log_dir = dir.path().join("logs");
+    let options = Options { vars, only: vec![], log_dir, color: false, timestamps: false };
+    let (tx, mut rx) = mpsc::channel(64);
+    let task = tokio::spawn(Supervisor::new(manifest, options).run(tx));
+    let mut pids = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout(HANG, rx.recv()).await {
+        match event {
+            Event::Started { pid, .. } => pids.push(pid as i32),
+            Event::Ready { service, .. } if service == "b" => break,
+            _ => {}
+        }
+    }
+    assert_eq!(pids.len(), 2, "both services should have started");
+
+    task.abort();
+    let _ = task.await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&pgid| !group_members(pgid).is_empty()) {
+        assert!(Instant::now() < deadline, "groups still alive after the run was dropped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -58,16 +58,17 @@ impl Context {
         Ok(Context { root, cwd, global, out })
     }
 
-    /// Loads the configuration with the given sandbox layer (empty outside the
-    /// sandbox) and prints its warnings.
-    pub fn config_with(
+    /// Loads the configuration from these env files with this sandbox layer
+    /// (empty outside the sandbox), and prints its warnings.
+    fn load(
         &self,
+        env_files: Vec<PathBuf>,
         sandbox: Vec<(String, String)>,
     ) -> anyhow::Result<mesh_config::Config> {
         let options = mesh_config::LoadOptions {
             root: self.root.clone(),
             cwd: self.cwd.clone(),
-            env_files: self.global.env_files.clone(),
+            env_files,
             flags: self.global.set.clone(),
             sandbox,
             shell: std::env::vars().collect(),
@@ -79,9 +80,19 @@ impl Context {
         Ok(config)
     }
 
+    /// The sandbox's configuration: its own env file instead of the user's
+    /// (which is never read), its values winning over the shell's.
+    pub fn config_for_sandbox(
+        &self,
+        env_file: &std::path::Path,
+        sandbox: Vec<(String, String)>,
+    ) -> anyhow::Result<mesh_config::Config> {
+        self.load(vec![env_file.to_path_buf()], sandbox)
+    }
+
     /// Loads the configuration from flags, the shell and the env files.
     pub fn config(&self) -> anyhow::Result<mesh_config::Config> {
-        self.config_with(Vec::new())
+        self.load(self.global.env_files.clone(), Vec::new())
     }
 }
 

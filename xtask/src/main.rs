@@ -6,8 +6,11 @@
 
 mod ci;
 mod context;
+mod dev;
+mod doctor;
 mod env;
 mod output;
+mod sandbox;
 mod tunnel;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -33,13 +36,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the checks, the tunnel, a Redis proof, then the services until Ctrl+C.
+    Dev(dev::DevArgs),
     /// Show every effective variable, its value (secrets redacted) and where it came from.
     Env(env::EnvArgs),
+    /// Check every prerequisite at once, each problem with its fix.
+    Doctor(doctor::DoctorArgs),
     /// Install what the tests need, then run fmt, clippy and the whole test suite.
     Ci(ci::CiArgs),
     /// Open, inspect and stop the SSH tunnel to Redis.
     #[command(subcommand)]
     Tunnel(tunnel::TunnelCmd),
+    /// Run our bastion and a local Redis in the background, to try the commands by hand.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCmd),
+    /// Run a stand-in service (used by `dev --sandbox`).
+    #[command(name = "__standin", hide = true)]
+    Standin(sandbox::StandinArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell to generate completions for.
@@ -54,9 +67,13 @@ fn main() -> ExitCode {
         Err(err) => return report(&err, None),
     };
     let result = match cli.command {
+        Command::Dev(args) => dev::run(args, &ctx),
         Command::Env(args) => env::run(args, &ctx),
+        Command::Doctor(args) => doctor::run(args, &ctx),
         Command::Ci(args) => ci::run(args, &ctx),
         Command::Tunnel(cmd) => tunnel::run(cmd, &ctx),
+        Command::Sandbox(cmd) => sandbox::run(cmd, &ctx),
+        Command::Standin(args) => sandbox::run_standin(args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "cargo-xtask", &mut std::io::stdout());

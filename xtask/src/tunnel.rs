@@ -142,7 +142,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// The addresses to bind: empty (both loopbacks) for the default, the
 /// configured one otherwise, refused when not loopback without the flag.
-pub(crate) fn bind_addrs(config: &Config, args: &StartArgs, ctx: &Context) -> anyhow::Result<Vec<IpAddr>> {
+pub(crate) fn bind_addrs(
+    config: &Config,
+    args: &StartArgs,
+    ctx: &Context,
+) -> anyhow::Result<Vec<IpAddr>> {
     let bind = config.tunnel.bind;
     if bind == IpAddr::from([127, 0, 0, 1]) {
         return Ok(Vec::new());

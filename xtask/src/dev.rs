@@ -1,0 +1,466 @@
+//! `cargo xtask dev`: configuration, checks, the tunnel, a Redis proof, then
+//! the services with their logs multiplexed, until Ctrl+C.
+
+use crate::context::Context;
+use crate::output::{paint, DIM, ERROR, WARN};
+use anyhow::{bail, Context as _};
+use indicatif::{ProgressBar, ProgressStyle};
+use mesh_config::Config;
+use mesh_supervisor::{Event, Manifest, Outcome, StopHandle, Supervisor};
+use mesh_tunnel::control::{self, ControlError, SharedTunnel, StateDir, TunnelRecord};
+use mesh_tunnel::State;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// The stand-in services' manifest, written into the sandbox directory.
+const SANDBOX_MANIFEST: &str = include_str!("../sandbox-services.toml");
+
+#[derive(clap::Args, Debug)]
+pub struct DevArgs {
+    /// Run the whole loop locally: our bastion, a local redis-server and stand-in services.
+    #[arg(long)]
+    sandbox: bool,
+    /// Start without running the doctor's checks first.
+    #[arg(long)]
+    skip_checks: bool,
+    /// Run only these services, with what they depend on.
+    #[arg(long, value_name = "NAME", num_args = 1..)]
+    only: Vec<String>,
+    /// The service manifest to run (default: services.toml in the workspace root).
+    #[arg(long, value_name = "PATH")]
+    manifest: Option<PathBuf>,
+    /// Start each log line with the time.
+    #[arg(long)]
+    timestamps: bool,
+    /// Trust and record the bastion's host key if known_hosts has none (trust on first use).
+    #[arg(long)]
+    accept_new: bool,
+    /// Allow TUNNEL_BIND_ADDRESS to be a non-loopback address.
+    #[arg(long)]
+    allow_remote_bind: bool,
+}
+
+pub fn run(args: DevArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    rt.block_on(dev(args, ctx))
+}
+
+async fn dev(args: DevArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    if !args.sandbox {
+        return pipeline(&args, ctx, None).await;
+    }
+    let spinner = Spinner::start(ctx, "starting the sandbox: bastion and redis-server");
+    let options = mesh_sandbox::SandboxOptions::default();
+    let sandbox = mesh_sandbox::Sandbox::up(options).await;
+    spinner.finish();
+    let sandbox = sandbox.context("start the sandbox")?;
+    ctx.out.say(&format!(
+        "sandbox: bastion 127.0.0.1:{} serving `{}` (a local redis-server), files in {}",
+        sandbox.bastion().map_or(0, |b| b.port()),
+        sandbox.endpoint(),
+        sandbox.dir().display()
+    ));
+    let result = pipeline(&args, ctx, Some(&sandbox)).await;
+    let down = sandbox.shutdown().await.context("stop the sandbox");
+    let code = result?;
+    down?;
+    Ok(code)
+}
+
+/// Everything after the sandbox (if any) is up; the tunnel this starts is
+/// closed before it returns.
+async fn pipeline(
+    args: &DevArgs,
+    ctx: &Context,
+    sandbox: Option<&mesh_sandbox::Sandbox>,
+) -> anyhow::Result<ExitCode> {
+    let config = match sandbox {
+        Some(sandbox) => ctx.config_for_sandbox(sandbox.env_file(), sandbox_layer(sandbox))?,
+        None => ctx.config()?,
+    };
+    let manifest = load_manifest(args, ctx, &config, sandbox)?;
+    if !args.skip_checks {
+        mesh_supervisor::check_paths(&manifest)?;
+    }
+
+    let tunnel =
+        if config.tunnel.enabled { Some(open_tunnel(args, ctx, &config).await?) } else { None };
+    let result = async {
+        prove_redis(ctx, &config, tunnel.as_ref()).await?;
+        run_services(args, ctx, &config, manifest, tunnel.as_ref(), sandbox).await
+    }
+    .await;
+    if let Some(tunnel) = tunnel {
+        tunnel.close(ctx).await;
+    }
+    result
+}
+
+/// The sandbox's values, plus blanks for every variable that could point the
+/// sandbox somewhere else (an exported production variable never wins here).
+fn sandbox_layer(sandbox: &mesh_sandbox::Sandbox) -> Vec<(String, String)> {
+    let mut vars: BTreeMap<String, String> = [
+        "RDS_ENDPOINT",
+        "TUNNEL_EXTRA_FORWARDS",
+        "REDIS_USERNAME",
+        "REDIS_CA_CERT",
+        "BASTION_KEY_PASSPHRASE",
+        "TUNNEL_BIND_ADDRESS",
+    ]
+    .into_iter()
+    .map(|name| (name.to_string(), String::new()))
+    .collect();
+    vars.insert("XTASK_STATE_DIR".into(), sandbox.dir().join("state").display().to_string());
+    vars.extend(sandbox.vars());
+    vars.into_iter().collect()
+}
+
+/// The manifest with `${VAR}` taken from the configuration.
+fn load_manifest(
+    args: &DevArgs,
+    ctx: &Context,
+    config: &Config,
+    sandbox: Option<&mesh_sandbox::Sandbox>,
+) -> anyhow::Result<Manifest> {
+    let mut vars = config.child_env();
+    let exe = std::env::current_exe().context("find the xtask binary")?;
+    vars.insert("XTASK_EXE".into(), exe.display().to_string());
+    let path = match (&args.manifest, sandbox) {
+        (Some(path), _) => ctx.cwd.join(path),
+        (None, Some(sandbox)) => {
+            let path = sandbox.dir().join("services.toml");
+            std::fs::write(&path, SANDBOX_MANIFEST)
+                .with_context(|| format!("write the sandbox manifest {}", path.display()))?;
+            vars.insert("SANDBOX_DIR".into(), sandbox.dir().display().to_string());
+            path
+        }
+        (None, None) => ctx.root.join(mesh_supervisor::DEFAULT_MANIFEST_FILE),
+    };
+    Ok(Manifest::load(&path, &vars)?)
+}
+
+/// The tunnel `dev` uses: a running detached one of the same configuration, or
+/// one run inside this process for the session.
+enum DevTunnel {
+    Reused,
+    Owned { shared: Arc<SharedTunnel>, guard: control::ControlGuard, state: watch::Receiver<State> },
+}
+
+impl DevTunnel {
+    async fn close(self, ctx: &Context) {
+        if let DevTunnel::Owned { shared, guard, .. } = self {
+            shared.shutdown_now().await;
+            drop(guard);
+            ctx.out.say(&paint(ctx.out.color, DIM, "tunnel closed"));
+        }
+    }
+}
+
+async fn open_tunnel(args: &DevArgs, ctx: &Context, config: &Config) -> anyhow::Result<DevTunnel> {
+    let bastion = config.require_bastion()?;
+    let root = control::StateRoot::from_config(config);
+    let id = control::TunnelId::new(&bastion.host, bastion.port, &bastion.user, &config.forwards);
+    let state_dir: StateDir = root.tunnel(&id);
+    let lock = match state_dir.lock() {
+        Ok(lock) => lock,
+        Err(ControlError::AlreadyRunning { pid, .. }) => {
+            let pid_text = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+            ctx.out.say(&format!("tunnel: reusing the running tunnel {id}{pid_text}"));
+            return Ok(DevTunnel::Reused);
+        }
+        Err(e) => return Err(e.into()),
+    };
+
+    let start_args = crate::tunnel::StartArgs {
+        detach: false,
+        accept_new: args.accept_new,
+        allow_remote_bind: args.allow_remote_bind,
+        wait: 60,
+    };
+    let bind_addrs = crate::tunnel::bind_addrs(config, &start_args, ctx)?;
+    let spec = crate::tunnel::spec(config, &start_args, bind_addrs)?;
+    let spinner = Spinner::start(
+        ctx,
+        &format!("tunnel: connecting to {}@{}:{}", bastion.user, bastion.host, bastion.port),
+    );
+    let started = async { mesh_tunnel::bind(spec.clone()).await?.start().await }.await;
+    spinner.finish();
+    let tunnel = started?;
+    let state = tunnel.watch();
+    let (user, password) = match &config.redis {
+        Some(redis) => (redis.username.clone(), redis.password.clone()),
+        None => (None, None),
+    };
+    let shared = Arc::new(SharedTunnel::new(tunnel).with_redis_auth(user, password));
+    let record = TunnelRecord::new(&state_dir, &spec);
+    let guard = control::serve_control(shared.clone(), lock, record.clone()).await?;
+    crate::tunnel::say_up(ctx, &state_dir, &record);
+    Ok(DevTunnel::Owned { shared, guard, state })
+}
+
+/// A Redis PING through the forward (with AUTH when configured).
+async fn prove_redis(
+    ctx: &Context,
+    config: &Config,
+    tunnel: Option<&DevTunnel>,
+) -> anyhow::Result<()> {
+    let redis = config.require_redis()?;
+    let (addr, via) = match tunnel {
+        Some(_) => {
+            (std::net::SocketAddr::from(([127, 0, 0, 1], redis.local_port)), "through the tunnel")
+        }
+        None => {
+            let addr = tokio::net::lookup_host((redis.host.as_str(), redis.port))
+                .await
+                .with_context(|| format!("resolve the Redis endpoint {}", redis.host))?
+                .next()
+                .with_context(|| format!("the Redis endpoint {} has no address", redis.host))?;
+            (addr, "directly")
+        }
+    };
+    if redis.tls {
+        // FIXME: the TLS check as the endpoint's name lives in the probe crate and is not
+        // wired here yet, so with TLS on `dev` only says so and gives the services
+        // REDIS_TLS_SKIP_VERIFY=true without having verified the certificate itself.
+        ctx.out.warn("REDIS_TLS_ENABLED=true: the certificate is not verified by `dev` yet");
+        return Ok(());
+    }
+    let rtt = mesh_tunnel::redis_ping(addr, redis.username.as_deref(), redis.password.as_ref())
+        .await
+        .with_context(|| format!("Redis at {addr} did not answer PING {via}"))?;
+    ctx.out.say(&format!(
+        "redis: PONG from {} {via} in {:.1} ms",
+        redis.host,
+        rtt.as_secs_f64() * 1e3
+    ));
+    Ok(())
+}
+
+/// The services until they fail or the user stops them.
+async fn run_services(
+    args: &DevArgs,
+    ctx: &Context,
+    config: &Config,
+    manifest: Manifest,
+    tunnel: Option<&DevTunnel>,
+    sandbox: Option<&mesh_sandbox::Sandbox>,
+) -> anyhow::Result<ExitCode> {
+    let mut vars = config.child_env();
+    if let Some(redis) = &config.redis {
+        let local =
+            format!("127.0.0.1:{}", if tunnel.is_some() { redis.local_port } else { redis.port });
+        vars.entry("REDIS_ADDR".into()).or_insert_with(|| local.clone());
+        vars.entry("REDIS_ADDRESS".into()).or_insert(local);
+        if redis.tls && tunnel.is_some() {
+            vars.insert("REDIS_TLS_SKIP_VERIFY".into(), "true".into());
+            ctx.out.warn(
+                "REDIS_TLS_SKIP_VERIFY=true for the services: their clients dial 127.0.0.1, \
+                 where the endpoint's certificate name cannot match",
+            );
+        }
+    }
+    let log_dir = match sandbox {
+        Some(sandbox) => sandbox.dir().join("logs"),
+        None => config.state_root.join("logs"),
+    };
+    let options = mesh_supervisor::Options {
+        vars,
+        only: args.only.clone(),
+        log_dir,
+        color: ctx.out.color,
+        timestamps: args.timestamps,
+    };
+    let expected = manifest.select(&args.only)?.len();
+    let supervisor = Supervisor::new(manifest, options);
+    let stop = supervisor.stop_handle();
+    let (events_tx, events_rx) = mpsc::channel(256);
+    let signals = tokio::spawn(forward_signals(stop.clone()));
+    let outages = tunnel_watch(ctx, tunnel);
+    let demo = sandbox.map(|s| s.vars().get("REST_API_PORT").cloned().unwrap_or_default());
+    let render = tokio::spawn(render_events(events_rx, ctx.out, expected, demo));
+
+    let outcome = tokio::select! {
+        outcome = supervisor.run(events_tx) => outcome,
+        _ = outages => unreachable!("the outage watcher never ends on its own"),
+    };
+    signals.abort();
+    let _ = render.await;
+    match outcome? {
+        Outcome::Stopped => {
+            ctx.out.say("all services stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Failed(failure) => {
+            for line in &failure.last_lines {
+                eprintln!("  {}", paint(ctx.out.color, DIM, line));
+            }
+            bail!(failure)
+        }
+    }
+}
+
+/// Ctrl+C, SIGTERM and SIGHUP ask the supervisor to stop; a second one escalates.
+async fn forward_signals(stop: StopHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+        }
+        stop.request();
+    }
+}
+
+/// One line when the tunnel goes down, one when it is back; never returns.
+async fn tunnel_watch(ctx: &Context, tunnel: Option<&DevTunnel>) {
+    let Some(DevTunnel::Owned { state, .. }) = tunnel else {
+        return std::future::pending().await;
+    };
+    let mut state = state.clone();
+    let mut down = false;
+    loop {
+        if state.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let now = state.borrow_and_update().clone();
+        match now {
+            State::Reconnecting { reason, .. } if !down => {
+                down = true;
+                ctx.out
+                    .warn(&format!("tunnel down ({reason}); reconnecting, services keep running"));
+            }
+            State::Up if down => {
+                down = false;
+                ctx.out.say(&paint(ctx.out.color, DIM, "tunnel back up"));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Spinners while a service is awaited, then plain log lines.
+async fn render_events(
+    mut events: mpsc::Receiver<Event>,
+    out: crate::output::Output,
+    expected: usize,
+    demo_port: Option<String>,
+) {
+    let mut spinner: Option<Spinner> = None;
+    let mut ready = 0usize;
+    while let Some(event) = events.recv().await {
+        let line = match event {
+            Event::Log(log) => Some(log.rendered),
+            Event::Waiting { service, probe } => {
+                spinner = Some(Spinner::start_raw(out, &format!("{service}: waiting for {probe}")));
+                None
+            }
+            Event::Ready { service, after } => {
+                spinner.take().map(Spinner::finish);
+                ready += 1;
+                let ms = after.as_millis();
+                if ready == expected {
+                    if let Some(port) = demo_port.as_deref() {
+                        tokio::spawn(post_demo_event(port.to_string()));
+                    }
+                }
+                Some(format!("{service} ready after {ms} ms"))
+            }
+            Event::Failed { service, reason } => {
+                spinner.take().map(Spinner::finish);
+                Some(paint(out.color, ERROR, &format!("{service} failed: {reason}")))
+            }
+            Event::Exited { service, status, .. } => {
+                Some(paint(out.color, WARN, &format!("{service} exited ({status})")))
+            }
+            Event::Restarting { service, attempt, max, delay } => {
+                Some(format!("{service}: restart {attempt}/{max} in {} s", delay.as_secs()))
+            }
+            Event::Stopping { service, signal } => {
+                Some(paint(out.color, DIM, &format!("stopping {service} ({signal})")))
+            }
+            Event::Killed { service, after } => Some(paint(
+                out.color,
+                WARN,
+                &format!("{service} did not stop within {} s: killed", after.as_secs()),
+            )),
+            _ => None,
+        };
+        if let Some(line) = line {
+            match &spinner {
+                Some(s) => s.bar.suspend(|| println!("{line}")),
+                None => println!("{line}"),
+            }
+        }
+    }
+    spinner.map(Spinner::finish);
+}
+
+/// In the sandbox, once every service is ready: one webhook POSTed to rest-api,
+/// so the logs show it accepted, then processed by the worker.
+async fn post_demo_event(port: String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body =
+        r#"{"source":"sandbox","kind":"demo","message":"hello from cargo xtask dev --sandbox"}"#;
+    let request = format!(
+        "POST /api/v1/webhooks HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await?;
+        std::io::Result::Ok(())
+    };
+    if let Err(err) = tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        tracing::warn!(%err, "could not post the sandbox's demo event");
+    }
+}
+
+/// An indicatif spinner on stderr, only on a terminal and never with --json/-q.
+struct Spinner {
+    bar: ProgressBar,
+}
+
+impl Spinner {
+    fn start(ctx: &Context, message: &str) -> Spinner {
+        Spinner::start_raw(ctx.out, message)
+    }
+
+    fn start_raw(out: crate::output::Output, message: &str) -> Spinner {
+        let visible = !out.quiet && !out.json && std::io::stderr().is_terminal();
+        let bar = if visible { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+            bar.set_style(style);
+        }
+        bar.set_message(message.to_string());
+        bar.enable_steady_tick(Duration::from_millis(100));
+        Spinner { bar }
+    }
+
+    fn finish(self) {
+        self.bar.finish_and_clear();
+    }
+}

@@ -222,18 +222,21 @@ fn detach_reports_the_childs_reason_when_the_host_key_is_unknown() {
     let out = rig.xtask(&["start", "--detach", "--wait", "30"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(
-        stderr.starts_with(
-            "error: tunnel process exited (exit status: 1) before every forward was verified"
-        ),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("ssh-keygen") || stderr.contains("--accept-new"),
-        "the engine's fix: {stderr}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(20), "fails fast, not at the deadline");
     let dir = rig.tunnel_dir();
+    let expected_start = format!(
+        "error: tunnel process exited (exit status: 1) before every forward was verified: \
+         the bastion 127.0.0.1:{} is not in {}; its ED25519 key fingerprint is SHA256:",
+        rig.sshd.port(),
+        empty.path().display()
+    );
+    assert!(stderr.starts_with(&expected_start), "{stderr}");
+    let expected_end = format!(
+        ". Check it with the bastion's owner, then run again with --accept-new to record it\n       \
+         (log: {})\n",
+        dir.join("tunnel.log").display()
+    );
+    assert!(stderr.ends_with(&expected_end), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20), "fails fast, not at the deadline");
     assert!(!dir.join("tunnel.pid").exists() && !dir.join("control.sock").exists());
 }
 

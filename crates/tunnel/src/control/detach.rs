@@ -59,12 +59,8 @@ pub async fn start_detached(
     let deadline = Instant::now() + req.wait;
     loop {
         if let Some(status) = child.try_wait().map_err(log_err)? {
-            let log_tail = read_from(state, log_offset);
-            return Err(ControlError::ChildFailed {
-                status,
-                log: state.log_file.clone(),
-                log_tail,
-            });
+            let reason = failure_reason(&read_from(state, log_offset));
+            return Err(ControlError::ChildFailed { status, log: state.log_file.clone(), reason });
         }
         if let Ok(Reply::Status(status)) =
             request(&state.socket, Request::Status, Duration::from_secs(2)).await
@@ -132,6 +128,27 @@ fn prepare_log(state: &StateDir) -> Result<u64, ControlError> {
     Ok(0)
 }
 
+/// What the child said when it gave up: its `error:` lines (the CLI prints
+/// a failure as `error: ...`), else the last lines of its output.
+fn failure_reason(log: &str) -> String {
+    let errors: Vec<&str> = log.lines().filter_map(|l| l.strip_prefix("error: ")).collect();
+    if errors.is_empty() {
+        let lines: Vec<&str> = log.lines().collect();
+        return lines[lines.len().saturating_sub(10)..].join("\n");
+    }
+    // Continuation lines of a multi-line error are indented under it.
+    let start = log.lines().position(|l| l.starts_with("error: ")).unwrap_or(0);
+    let mut text = Vec::new();
+    for line in log.lines().skip(start) {
+        match line.strip_prefix("error: ") {
+            Some(rest) => text.push(rest.to_owned()),
+            None if line.starts_with("       ") => text.push(line.trim_start().to_owned()),
+            None => {}
+        }
+    }
+    text.join("\n")
+}
+
 /// This run's part of the log (its last 40 lines), for an error message.
 fn read_from(state: &StateDir, offset: u64) -> String {
     let mut text = String::new();
@@ -149,6 +166,13 @@ fn read_from(state: &StateDir, offset: u64) -> String {
 mod tests {
     use super::*;
     use crate::control::{StateRoot, TunnelId};
+
+    #[test]
+    fn failure_reason_prefers_the_error_lines() {
+        let log = "INFO connecting\nWARN refused\nerror: no route\n       to host\n";
+        assert_eq!(failure_reason(log), "no route\nto host");
+        assert_eq!(failure_reason("a\nb\n"), "a\nb");
+    }
 
     #[test]
     fn encrypted_keys_are_told_apart_from_plain_ones() {
@@ -185,14 +209,18 @@ mod tests {
         std::fs::write(&state.log_file, "an earlier run\n").unwrap();
         let req = DetachRequest {
             program: "/bin/sh".into(),
-            args: vec!["-c".into(), "echo \"bastion refused the key\" >&2; exit 3".into()],
+            args: vec![
+                "-c".into(),
+                "echo \"WARN trying the key\"; echo \"error: bastion refused the key\" >&2; exit 3"
+                    .into(),
+            ],
             env: vec![],
             wait: Duration::from_secs(10),
         };
         match start_detached(&state, req).await.unwrap_err() {
-            ControlError::ChildFailed { status, log_tail, .. } => {
+            ControlError::ChildFailed { status, reason, .. } => {
                 assert_eq!(status.code(), Some(3));
-                assert_eq!(log_tail, "bastion refused the key");
+                assert_eq!(reason, "bastion refused the key");
             }
             other => panic!("expected ChildFailed, got {other:?}"),
         }

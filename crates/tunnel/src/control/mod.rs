@@ -49,10 +49,10 @@ pub enum ControlError {
     BadRecord { path: PathBuf, source: serde_json::Error },
 
     #[error(
-        "tunnel process exited ({status}) before every forward was verified; log {}:\n{log_tail}",
+        "tunnel process exited ({status}) before every forward was verified: {reason}\n(log: {})",
         log.display()
     )]
-    ChildFailed { status: ExitStatus, log: PathBuf, log_tail: String },
+    ChildFailed { status: ExitStatus, log: PathBuf, reason: String },
 
     #[error("cannot connect to control socket {}: {source}", path.display())]
     Connect { path: PathBuf, source: std::io::Error },

@@ -119,7 +119,6 @@ fn sandbox_layer(sandbox: &mesh_sandbox::Sandbox) -> Vec<(String, String)> {
     .into_iter()
     .map(|name| (name.to_string(), String::new()))
     .collect();
-    vars.insert("XTASK_STATE_DIR".into(), sandbox.dir().join("state").display().to_string());
     vars.extend(sandbox.vars());
     vars.into_iter().collect()
 }

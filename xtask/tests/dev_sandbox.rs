@@ -1,0 +1,151 @@
+//! `cargo xtask dev --sandbox` end to end, through the built binary: the whole
+//! loop comes up, an event POSTed to rest-api is acknowledged by the worker
+//! (asserted in Redis), Ctrl+C stops everything and nothing is left behind.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Every process whose parent is `pid`, recursively.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+            let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+            let ppid: u32 = after_name.split(' ').nth(1).unwrap().parse().unwrap();
+            if ppid == parent {
+                found.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    found
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
+}
+
+/// The value of `name` in a dotenv file the sandbox wrote (NAME=value lines).
+fn env_value(file: &Path, name: &str) -> String {
+    let text = std::fs::read_to_string(file).unwrap();
+    let line = text.lines().find(|l| l.starts_with(&format!("{name}="))).unwrap();
+    line.split_once('=').unwrap().1.trim_matches(|c| c == '"' || c == '\'').to_string()
+}
+
+fn redis_cli(port: &str, password: &str, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", port])
+        .args(args)
+        .env("REDISCLI_AUTH", password)
+        .output()
+        .expect("redis-cli is missing: install it with `apt-get install -y redis-tools`");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn dev_sandbox_moves_an_event_end_to_end_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["dev", "--sandbox"])
+        .env("TMPDIR", tmp.path())
+        .env("XTASK_STATE_DIR", tmp.path().join("state"))
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (lines_tx, lines_rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line.clone());
+            all.push(line);
+        }
+        all
+    });
+    let mut stderr = child.stderr.take().unwrap();
+
+    // Wait until the worker is ready, noting the sandbox directory on the way.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sandbox_dir = None;
+    loop {
+        let line = lines_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                let mut err = String::new();
+                let _ = stderr.read_to_string(&mut err);
+                panic!("dev --sandbox did not get ready within 60 s; stderr:\n{err}")
+            });
+        if let Some((_, dir)) = line.split_once("files in ") {
+            sandbox_dir = Some(std::path::PathBuf::from(dir.trim()));
+        }
+        if line.starts_with("worker ready") {
+            break;
+        }
+    }
+    let sandbox_dir = sandbox_dir.expect("dev --sandbox names its directory");
+    assert!(sandbox_dir.starts_with(tmp.path()));
+    let env_file = sandbox_dir.join("sandbox.env");
+    let children = descendants(pid);
+    assert!(children.len() >= 4, "redis-server and three stand-ins: {children:?}");
+
+    // POST an event; the worker must acknowledge it (nothing pending in the group).
+    let rest_port = env_value(&env_file, "REST_API_PORT");
+    let body = r#"{"kind":"test"}"#;
+    let mut http = TcpStream::connect(format!("127.0.0.1:{rest_port}")).unwrap();
+    write!(
+        http,
+        "POST /api/v1/webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    http.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 2"), "{reply}");
+
+    let redis_port = env_value(&env_file, "REDIS_TUNNEL_PORT");
+    let password = env_value(&env_file, "REDIS_PASSWORD");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let length = redis_cli(&redis_port, &password, &["XLEN", "webhook-events"]);
+        let pending = redis_cli(
+            &redis_port,
+            &password,
+            &["XPENDING", "webhook-events", "webhook-processors"],
+        );
+        let length: u64 = length.trim().parse().unwrap_or(0);
+        if length >= 2 && pending.lines().next() == Some("0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "XLEN {length}, XPENDING {pending}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Ctrl+C: a clean stop, exit 0, nothing left.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGINT)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let out = reader.join().unwrap();
+    let mut err = String::new();
+    stderr.read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "stdout:\n{}\nstderr:\n{err}", out.join("\n"));
+    assert!(out.iter().any(|l| l.contains("processed")), "{out:?}");
+    assert!(!err.contains(&password) && !out.iter().any(|l| l.contains(&password)));
+    let left: Vec<u32> = children.into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "processes left: {left:?}");
+    assert!(!sandbox_dir.exists(), "{} left behind", sandbox_dir.display());
+    for port in [&rest_port, &redis_port] {
+        assert!(TcpStream::connect(format!("127.0.0.1:{port}")).is_err(), "port {port} still open");
+    }
+}

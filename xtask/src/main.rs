@@ -90,8 +90,12 @@ fn main() -> ExitCode {
 fn report(err: &anyhow::Error, ctx: Option<&Context>) -> ExitCode {
     let color = ctx.is_some_and(|c| c.out.color);
     output::error_line(color, &format!("{err:#}"));
-    let usage =
-        err.chain().any(|cause| cause.is::<mesh_config::ConfigError>() || cause.is::<UsageError>());
+    let usage = err.chain().any(|cause| {
+        cause.is::<mesh_config::ConfigError>()
+            || cause.is::<UsageError>()
+            || cause.is::<mesh_supervisor::ManifestError>()
+            || cause.is::<mesh_supervisor::PathError>()
+    });
     if usage {
         ExitCode::from(2)
     } else {

@@ -371,3 +371,64 @@ fn compatibility_scripts_exec_the_xtask_from_the_checkout_root() {
     assert!(text(&out.stderr).starts_with("usage: "), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty(), "cargo is not run for an unknown verb");
 }
+
+/// Polls `status --json` until its exit code is `code`; returns the report.
+fn wait_for_status(rig: &Rig, code: i32, within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let out = rig.xtask(&["status", "--json"]);
+        if out.status.code() == Some(code) {
+            return serde_json::from_slice(&out.stdout).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never exited {code}; last: {:?}\n{}",
+            out.status.code(),
+            text(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn status_exits_1_while_reconnecting_and_0_once_the_bastion_is_back() {
+    let mut rig = Rig::start();
+    let out = rig.xtask(&["start", "--detach"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    rig.sshd.stop();
+    let json = wait_for_status(&rig, 1, Duration::from_secs(30));
+    assert_eq!(json["tunnels"][0]["state"], "reconnecting", "{json}");
+    let out = rig.xtask(&["status"]);
+    assert!(text(&out.stdout).contains("  reconnecting  pid "), "{}", text(&out.stdout));
+
+    rig.sshd.start();
+    let json = wait_for_status(&rig, 0, Duration::from_secs(60));
+    assert_eq!(json["tunnels"][0]["state"], "up");
+    assert!(json["tunnels"][0]["status"]["tunnel"]["reconnects"].as_u64().unwrap() >= 1);
+    assert_eq!(redis_ping(&rig), "PONG");
+}
+
+#[test]
+fn restart_replaces_the_process_and_logs_show_both_runs() {
+    let rig = Rig::start();
+    let out = rig.xtask(&["start", "--detach"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pid_file = rig.tunnel_dir().join("tunnel.pid");
+    let first = std::fs::read_to_string(&pid_file).unwrap();
+
+    let out = rig.xtask(&["restart", "--detach"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let second = std::fs::read_to_string(&pid_file).unwrap();
+    assert_ne!(first, second);
+    assert!(!alive(first.trim().parse().unwrap()));
+    assert_eq!(redis_ping(&rig), "PONG");
+
+    let out = rig.xtask(&["logs", "-n", "1000"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = text(&out.stdout);
+    assert_eq!(log.matches("tunnel up, every forward verified").count(), 2, "{log}");
+    assert!(log.contains("stop requested over the control socket"), "{log}");
+    let out = rig.xtask(&["logs", "-n", "1"]);
+    assert_eq!(text(&out.stdout).lines().count(), 1);
+}

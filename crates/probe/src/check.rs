@@ -22,7 +22,7 @@ pub enum TlsState {
 }
 
 impl TlsState {
-    fn of(target: &Target) -> TlsState {
+    pub(crate) fn of(target: &Target) -> TlsState {
         match target.tls {
             TlsMode::Off => TlsState::Off,
             TlsMode::Verify { .. } => TlsState::Verified,

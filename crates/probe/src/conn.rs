@@ -126,6 +126,13 @@ impl ServerError {
     }
 }
 
+/// What [`Conn::skip_replies`] saw.
+pub(crate) struct Skipped {
+    pub errors: usize,
+    /// The first error reply's text.
+    pub first_error: Option<String>,
+}
+
 /// A connection with a read buffer that frames RESP replies.
 pub(crate) struct Conn {
     stream: Stream,
@@ -169,22 +176,28 @@ impl Conn {
         }
     }
 
-    /// Consumes `count` replies; returns how many were errors (the load generator's loop).
-    pub async fn skip_replies(&mut self, count: usize) -> Result<usize, Failure> {
-        let mut errors = 0;
+    /// Consumes `count` replies, counting error replies (the load generator's loop).
+    pub async fn skip_replies(&mut self, count: usize) -> Result<Skipped, Failure> {
+        let mut skipped = Skipped { errors: 0, first_error: None };
         let mut left = count;
         while left > 0 {
             match resp::frame(&self.buf[self.start..]) {
                 Err(malformed) => return Err(Failure::Malformed(malformed)),
                 Ok(Some(frame)) => {
+                    if frame.error {
+                        skipped.errors += 1;
+                        if skipped.first_error.is_none() {
+                            let bytes = &self.buf[self.start..self.start + frame.len];
+                            skipped.first_error = Some(ServerError::from_frame(bytes).text());
+                        }
+                    }
                     self.start += frame.len;
-                    errors += usize::from(frame.error);
                     left -= 1;
                 }
                 Ok(None) => self.fill().await?,
             }
         }
-        Ok(errors)
+        Ok(skipped)
     }
 
     /// Reads more bytes, first dropping what was consumed.
@@ -356,6 +369,11 @@ impl<'d> Session<'d> {
         }
     }
 
+    /// The connection itself, for a loop that frames replies without decoding them.
+    pub(crate) fn into_conn(self) -> Conn {
+        self.conn
+    }
+
     /// Turns a low-level failure into its class, asking the server and the tunnel when the
     /// connection closed before any answer.
     pub(crate) async fn explain(&self, failure: Failure) -> ProbeError {
@@ -363,7 +381,7 @@ impl<'d> Session<'d> {
     }
 }
 
-async fn explain(
+pub(crate) async fn explain(
     failure: Failure,
     target: &Target,
     diagnosis: &dyn TunnelDiagnosis,

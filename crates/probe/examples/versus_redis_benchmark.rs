@@ -1,0 +1,109 @@
+//! Is our load generator ever the bottleneck? Runs `redis bench` and `redis-benchmark` against
+//! the same local redis-server with the same parameters and prints the throughput ratio.
+//!
+//! ```text
+//! cargo run -p mesh-probe --example versus_redis_benchmark            # dev profile, as users run it
+//! cargo run -p mesh-probe --example versus_redis_benchmark --release  # for comparison
+//! REQUESTS=500000 cargo run -p mesh-probe --example versus_redis_benchmark
+//! ```
+//!
+//! The target is ours >= 90% of redis-benchmark. Not a test and not a CI gate: this machine's
+//! cores are shared, so figures move by several percent from run to run.
+
+use std::process::Command;
+
+use mesh_probe::bench::{self, BenchOptions, Test};
+use mesh_probe::{NoTunnel, Target};
+use mesh_testkit::{require, RedisServer};
+
+/// Rounds per configuration; the best of them is kept for both tools (least disturbed run).
+const ROUNDS: usize = 3;
+
+fn main() {
+    let requests: u64 =
+        std::env::var("REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let server = RedisServer::builder().start();
+    let target = Target::new("127.0.0.1", server.port());
+    println!(
+        "redis-server 127.0.0.1:{}, {requests} requests per test, -d 3, -r 100000, best of {ROUNDS}",
+        server.port()
+    );
+    println!(
+        "{:<6} {:>3} {:>3} {:>14} {:>14} {:>14} {:>7} {:>7}",
+        "test", "-c", "-P", "redis-bench/s", "ours 1 thr/s", "ours 2 thr/s", "ratio1", "ratio2"
+    );
+    for pipeline in [1usize, 16] {
+        for test in [Test::Set, Test::Get] {
+            let requests = requests * if pipeline > 1 { 4 } else { 1 };
+            let theirs = best(|| redis_benchmark(&server, test, 50, pipeline, requests));
+            let one = best(|| ours(&target, test, 50, pipeline, requests, 1));
+            let two = best(|| ours(&target, test, 50, pipeline, requests, 2));
+            println!(
+                "{:<6} {:>3} {:>3} {:>14.0} {:>14.0} {:>14.0} {:>6.0}% {:>6.0}%",
+                test.name(),
+                50,
+                pipeline,
+                theirs,
+                one,
+                two,
+                100.0 * one / theirs,
+                100.0 * two / theirs
+            );
+        }
+    }
+}
+
+fn best(mut run: impl FnMut() -> f64) -> f64 {
+    (0..ROUNDS).map(|_| run()).fold(0.0, f64::max)
+}
+
+/// Requests per second that `redis-benchmark` reports (its `--csv` output).
+fn redis_benchmark(
+    server: &RedisServer,
+    test: Test,
+    clients: usize,
+    pipeline: usize,
+    n: u64,
+) -> f64 {
+    let output = Command::new(require("redis-benchmark"))
+        .args(["-h", "127.0.0.1", "-p", &server.port().to_string()])
+        .args(["-c", &clients.to_string(), "-n", &n.to_string(), "-P", &pipeline.to_string()])
+        .args(["-d", "3", "-r", "100000", "--csv", "-t", test.name()])
+        .output()
+        .expect("redis-benchmark runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "test","rps","avg_latency_ms",...  then  "SET","123456.79",...
+    let line = text.lines().find(|l| l.starts_with(&format!("\"{}\"", test.name().to_uppercase())));
+    let field =
+        line.and_then(|l| l.split(',').nth(1)).unwrap_or_else(|| panic!("no rps in {text}"));
+    field.trim_matches('"').parse().expect("rps is a number")
+}
+
+/// Our requests per second, on a runtime with `threads` worker threads (1: current thread).
+fn ours(
+    target: &Target,
+    test: Test,
+    clients: usize,
+    pipeline: usize,
+    n: u64,
+    threads: usize,
+) -> f64 {
+    let options = BenchOptions {
+        clients,
+        requests: n,
+        pipeline,
+        value_size: 3,
+        keyspace: 100_000,
+        tests: vec![test],
+        progress: false,
+    };
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    }
+    .expect("a runtime");
+    let report = runtime.block_on(bench::run(target, &NoTunnel, &options)).expect("bench runs");
+    assert_eq!(report.results[0].errors, 0, "{:?}", report.results[0].first_error);
+    report.results[0].ops_per_sec
+}

@@ -82,7 +82,7 @@ impl Sandbox {
         let bastion =
             Bastion::start(BastionConfig { dir: dir.path().to_path_buf(), targets }).await?;
 
-        let vars = sandbox_vars(&options, &endpoint, dir.path(), &bastion, &redis)?;
+        let vars = sandbox_vars(&options, &endpoint, &bastion, &redis)?;
         let env_file = dir.path().join(SANDBOX_ENV_FILE);
         write_env_file(&env_file, &vars)?;
         info!(dir = %dir.path().display(), %endpoint, bastion_port = bastion.port(), "sandbox up");
@@ -167,7 +167,6 @@ fn make_dir(parent: Option<&Path>) -> Result<tempfile::TempDir> {
 fn sandbox_vars(
     options: &SandboxOptions,
     endpoint: &str,
-    dir: &Path,
     bastion: &Bastion,
     redis: &LocalRedis,
 ) -> Result<BTreeMap<String, String>> {
@@ -199,7 +198,6 @@ fn sandbox_vars(
     set("REST_API_PORT", service_port(options.rest_api_port, 8081)?.to_string());
     set("MCP_SERVER_PORT", service_port(options.mcp_server_port, 8080)?.to_string());
     set("WORKER_PORT", service_port(options.worker_port, 8088)?.to_string());
-    set("XTASK_STATE_DIR", dir.join("state").display().to_string());
     for name in CLEARED {
         set(name, String::new());
     }

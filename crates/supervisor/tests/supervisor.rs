@@ -288,7 +288,7 @@ async fn grandchild_dies_with_its_group_like_go_run() {
     // the server (here ignoring SIGTERM) outlives the leader's own exit.
     let manifest = r#"
         [services.gorun]
-        shell = "sh -c 'trap \"\" TERM; echo server up; sleep 300' & echo $$! > ${TEST_DIR}/grandchild.pid; wait"
+        shell = "sh -c 'trap \"\" TERM; sleep 300' & echo $$! > ${TEST_DIR}/grandchild.pid; echo server up; wait"
         ready = { log_line = "server up", interval = "100ms", retries = 50 }
         stop_grace = "500ms"
     "#;

@@ -31,6 +31,7 @@ pub fn run(args: CiArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let sh = Shell::new()?;
     sh.change_dir(&ctx.root);
     install_missing(&sh)?;
+    ensure_aws_venv(&sh, &ctx.root)?;
     if args.setup_only {
         return Ok(ExitCode::SUCCESS);
     }
@@ -88,4 +89,63 @@ fn nix_is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
+}
+
+// --- AWS test tooling (the doctor's AWS tests) -------------------------------
+//
+// The doctor's tests run the AWS CLI against a local `moto_server`. Debian's
+// AWS CLI is too old for `AWS_ENDPOINT_URL`, so both come from PyPI, pinned,
+// in a virtual environment under target/ that the tests look for.
+
+/// The pinned PyPI packages of `target/aws-venv`.
+const AWS_VENV_PACKAGES: &[&str] = &["awscli==1.46.3", "moto[server]==5.2.5"];
+
+/// Fails where Debian's `python3-venv` is missing (`ensurepip` ships in it).
+const PROBE_VENV: &str = "import ensurepip, venv";
+
+/// Creates `target/aws-venv` with the AWS CLI and moto when missing or when the
+/// pins changed; installs Debian's `python3-venv` first when root and needed.
+fn ensure_aws_venv(sh: &Shell, root: &std::path::Path) -> anyhow::Result<()> {
+    let venv = root.join("target/aws-venv");
+    let stamp = venv.join("mesh-pins.txt");
+    let pins = AWS_VENV_PACKAGES.join("\n");
+    let complete = ["bin/aws", "bin/moto_server"].iter().all(|b| venv.join(b).is_file());
+    if complete && std::fs::read_to_string(&stamp).is_ok_and(|s| s == pins) {
+        return Ok(());
+    }
+    if find_binary("python3").is_none() {
+        apt_install(sh, &["python3", "python3-venv"])?;
+    } else if cmd!(sh, "python3 -c {PROBE_VENV}").quiet().ignore_stderr().run().is_err() {
+        apt_install(sh, &["python3-venv"])?;
+    }
+    eprintln!("creating {} with {}", venv.display(), AWS_VENV_PACKAGES.join(" "));
+    cmd!(sh, "python3 -m venv --clear {venv}")
+        .run()
+        .with_context(|| format!("create the virtual environment {}", venv.display()))?;
+    let pip = venv.join("bin/pip");
+    cmd!(sh, "{pip} install --quiet --disable-pip-version-check {AWS_VENV_PACKAGES...}")
+        .run()
+        .context(
+            "pip install the AWS CLI and moto into target/aws-venv (PyPI must be reachable)",
+        )?;
+    std::fs::write(&stamp, pins).with_context(|| format!("write {}", stamp.display()))?;
+    Ok(())
+}
+
+/// `apt-get install` as root, or the command to run when not root.
+fn apt_install(sh: &Shell, packages: &[&str]) -> anyhow::Result<()> {
+    let list = packages.join(" ");
+    if !nix_is_root() || which::which("apt-get").is_err() {
+        bail!(
+            "the AWS tests need {list}: install it with `sudo apt-get install -y {list}` \
+             (or run this command as root)"
+        );
+    }
+    eprintln!("installing {list} (missing; running as root)");
+    cmd!(sh, "apt-get update -qq").run().context("apt-get update")?;
+    cmd!(sh, "apt-get install -y -qq --no-install-recommends {packages...}")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()
+        .with_context(|| format!("install {list}"))?;
+    Ok(())
 }

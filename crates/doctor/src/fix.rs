@@ -108,7 +108,7 @@ fn append_line(path: &Path, entry: &str) -> std::io::Result<()> {
     };
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
     let separator = if existing.is_empty() || existing.ends_with('\n') { "" } else { "\n" };
-    write!(file, "{separator}{entry}\n")
+    writeln!(file, "{separator}{entry}")
 }
 
 /// Copies without ever overwriting, and keeps the copy private: `.env` holds secrets.

@@ -35,13 +35,18 @@ pub(crate) async fn check(env: &Env<'_>) -> CategoryReport {
             true
         }
         Err(check) => {
-            checks.push(check.clone());
+            checks.push(check.as_ref().clone());
             false
         }
     };
-    checks.push(region(env, &files));
+    let (region_check, region) = region(env, &files);
+    checks.push(region_check);
     let identity = match (&source, env.which("aws")) {
-        (Ok(source), Some(aws)) => stamp(caller_identity(env, &aws, source, blocks)).await,
+        (Ok(source), Some(aws)) => {
+            // STS answers in every region; the AWS CLI v1 reads only AWS_DEFAULT_REGION.
+            let region = region.as_deref().unwrap_or("us-east-1");
+            stamp(caller_identity(env, &aws, source, region, blocks)).await
+        }
         (Ok(_), None) => Check::skip("identity", "not checked: `aws` is not installed (see Tools)"),
         (Err(_), _) => Check::skip("identity", "not checked: no credentials"),
     };
@@ -111,16 +116,16 @@ fn get<'a>(section: Option<&'a Vec<(String, String)>>, key: &str) -> Option<&'a 
 }
 
 /// Finds credentials the way the CLI does, without calling anyone.
-fn credentials(env: &Env<'_>, files: &Files) -> Result<Source, Check> {
+fn credentials(env: &Env<'_>, files: &Files) -> Result<Source, Box<Check>> {
     let named = env.child_var("AWS_PROFILE").or(env.child_var("AWS_DEFAULT_PROFILE"));
     let profile = named.unwrap_or("default").to_string();
     if env.child_var("AWS_ACCESS_KEY_ID").is_some() {
         if env.child_var("AWS_SECRET_ACCESS_KEY").is_none() {
-            return Err(Check::fail(
+            return Err(Box::new(Check::fail(
                 "credentials",
                 "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not",
                 "export AWS_SECRET_ACCESS_KEY too, or unset AWS_ACCESS_KEY_ID to use a profile",
-            ));
+            )));
         }
         return Ok(Source { describe: "environment (AWS_ACCESS_KEY_ID)".into(), profile });
     }
@@ -166,33 +171,37 @@ fn credentials(env: &Env<'_>, files: &Files) -> Result<Source, Check> {
     };
     // FIXME: an EC2 instance role is not detected (that needs a call to the
     // instance metadata service); on an EC2 dev box this reports missing credentials.
-    Err(Check::problem(blocks, "credentials", message, fix))
+    Err(Box::new(Check::problem(blocks, "credentials", message, fix)))
 }
 
-fn region(env: &Env<'_>, files: &Files) -> Check {
+/// The region the services' SDK would use, and where it came from.
+fn region(env: &Env<'_>, files: &Files) -> (Check, Option<String>) {
     for var in ["AWS_REGION", "AWS_DEFAULT_REGION"] {
         if let Some(region) = env.child_var(var) {
-            return Check::ok("region", format!("{region} (from {var})"));
+            return (Check::ok("region", format!("{region} (from {var})")), Some(region.into()));
         }
     }
     let profile = env.child_var("AWS_PROFILE").unwrap_or("default");
     if let Some(region) = get(files.config_section(profile), "region") {
-        return Check::ok("region", format!("{region} (from profile {profile})"));
+        let check = Check::ok("region", format!("{region} (from profile {profile})"));
+        return (check, Some(region.into()));
     }
-    Check::warn(
+    let check = Check::warn(
         "region",
         "no AWS region set: AWS calls by the services will fail",
         format!("export AWS_REGION=us-east-1 (your region), or `aws configure set region <region> --profile {profile}`"),
-    )
+    );
+    (check, None)
 }
 
 async fn caller_identity(
     env: &Env<'_>,
     aws: &std::path::Path,
     source: &Source,
+    region: &str,
     blocks: bool,
 ) -> Check {
-    let args = ["sts", "get-caller-identity", "--output", "json"];
+    let args = ["sts", "get-caller-identity", "--output", "json", "--region", region];
     let out = match env.run(aws, &args, env.options.timeout).await {
         Ok(out) => out,
         Err(e) => {
@@ -214,14 +223,8 @@ async fn caller_identity(
         };
         return Check::ok("identity", format!("account {}, {}", field("Account"), field("Arn")));
     }
-    let detail = out
-        .stderr
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .last()
-        .unwrap_or("")
-        .to_string();
+    let detail =
+        out.stderr.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("").to_string();
     let profile = &source.profile;
     let fix = if detail.contains("expired")
         || detail.contains("Expired")

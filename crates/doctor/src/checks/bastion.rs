@@ -26,7 +26,7 @@ pub(crate) async fn check(
         return (CategoryReport::skipped(Category::Bastion, why), None);
     }
     if !config.tunnel.enabled {
-        let why = "not checked: USE_SSH_TUNNEL_FOR_REDIS=false";
+        let why = crate::checks::config::no_tunnel_reason(config);
         return (CategoryReport::skipped(Category::Bastion, why), None);
     }
     if let Some(tunnel) = &env.options.tunnel {
@@ -151,24 +151,20 @@ fn dialled(spec: &TunnelSpec) -> (String, u16) {
 async fn tcp(env: &Env<'_>, host: &str, port: u16) -> Check {
     let timeout = env.options.timeout;
     let secs = timeout.as_secs_f32();
-    let addrs: Vec<SocketAddr> = match tokio::time::timeout(
-        timeout,
-        tokio::net::lookup_host((host, port)),
-    )
-    .await
-    {
-        Ok(Ok(addrs)) => addrs.collect(),
-        Ok(Err(e)) => {
-            let message = format!("cannot resolve the bastion `{host}`: {e}");
-            let fix =
+    let addrs: Vec<SocketAddr> =
+        match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
+            Ok(Ok(addrs)) => addrs.collect(),
+            Ok(Err(e)) => {
+                let message = format!("cannot resolve the bastion `{host}`: {e}");
+                let fix =
                 "check BASTION_HOST_IP (an address, a DNS name, or a Host alias of ~/.ssh/config)";
-            return Check::fail("address", message, fix);
-        }
-        Err(_) => {
-            let message = format!("resolving `{host}` took over {secs}s");
-            return Check::fail("address", message, "check your DNS or VPN");
-        }
-    };
+                return Check::fail("address", message, fix);
+            }
+            Err(_) => {
+                let message = format!("resolving `{host}` took over {secs}s");
+                return Check::fail("address", message, "check your DNS or VPN");
+            }
+        };
     let Some(&addr) = addrs.first() else {
         return Check::fail(
             "address",
@@ -235,7 +231,7 @@ fn refused(spec: &TunnelSpec, error: TunnelError) -> Vec<Check> {
         TunnelError::PortInUse { .. } | TunnelError::Bind { .. } => {
             vec![Check::fail("local listener", message, fixed_in_message)]
         }
-        TunnelError::Timeout { what, .. } if what == "authentication" => {
+        TunnelError::Timeout { what: "authentication", .. } => {
             vec![host_key_ok, Check::fail("authentication", message, fixed_in_message)]
         }
         _ => vec![Check::fail("ssh", message, fixed_in_message)],

@@ -68,12 +68,14 @@ fn required(env: &Env<'_>, config: &Config) -> Vec<Check> {
     }
     let mut checks = Vec::new();
     if config.redis.is_none() {
-        let error = ConfigError::Missing { var: "ELASTICACHE_ENDPOINT", needed_for: "Redis" };
-        checks.push(Check::fail("ELASTICACHE_ENDPOINT", error.to_string(), fix_for_missing()));
+        checks.push(missing(
+            "ELASTICACHE_ENDPOINT",
+            "Redis",
+            "my-cache.abc123.cache.amazonaws.com",
+        ));
     }
-    if config.tunnel.enabled && config.bastion.is_none() {
-        let error = ConfigError::Missing { var: "BASTION_HOST_IP", needed_for: "the tunnel" };
-        checks.push(Check::fail("BASTION_HOST_IP", error.to_string(), fix_for_missing()));
+    if !tunnel_turned_off(config) && config.bastion.is_none() {
+        checks.push(missing("BASTION_HOST_IP", "the tunnel to Redis", "10.0.1.10"));
     }
     if checks.is_empty() {
         let bastion = config.bastion.as_ref().map(|b| format!("bastion {}:{}", b.host, b.port));
@@ -84,8 +86,28 @@ fn required(env: &Env<'_>, config: &Config) -> Vec<Check> {
     checks
 }
 
-fn fix_for_missing() -> &'static str {
-    "add it to .env (.env.example documents every variable), or export it"
+fn missing(var: &str, needed_for: &str, example: &str) -> Check {
+    let message = format!("{var} is not set, and {needed_for} needs it");
+    let fix = format!(
+        "add `{var}={example}` (your value) to .env; .env.example documents every variable"
+    );
+    Check::fail(var, message, fix)
+}
+
+/// True when the user said Redis is reached without the tunnel.
+pub(crate) fn tunnel_turned_off(config: &Config) -> bool {
+    config.get("USE_SSH_TUNNEL_FOR_REDIS").is_some_and(|v| {
+        matches!(v.trim().to_ascii_lowercase().as_str(), "false" | "0" | "no" | "off")
+    })
+}
+
+/// Why the tunnel's categories are not checked.
+pub(crate) fn no_tunnel_reason(config: &Config) -> &'static str {
+    if tunnel_turned_off(config) {
+        "not checked: USE_SSH_TUNNEL_FOR_REDIS=false, Redis is reached directly"
+    } else {
+        "not checked: BASTION_HOST_IP is not set (see Configuration)"
+    }
 }
 
 /// A configuration that did not load: one `[✗]` per bad value.

@@ -97,7 +97,7 @@ async fn file_checks(
     let parsed = match parse(path) {
         Ok(parsed) => parsed,
         Err(check) => {
-            checks.push(check);
+            checks.push(*check);
             return checks;
         }
     };
@@ -127,14 +127,18 @@ fn mode(meta: &std::fs::Metadata, path: &Path, shown: &str) -> Check {
         .with_auto_fix(Fix::KeyMode { path: path.to_path_buf() })
 }
 
-fn parse(path: &Path) -> Result<Parsed, Check> {
+fn parse(path: &Path) -> Result<Parsed, Box<Check>> {
     let shown = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| {
         let message = format!("cannot read {shown}: {e}");
-        Check::fail("format", message, "check the file's permissions and that it is a text key")
+        Box::new(Check::fail(
+            "format",
+            message,
+            "check the file's permissions and that it is a text key",
+        ))
     })?;
     let unsupported =
-        |what: &str, fix: String| Check::fail("format", format!("{shown}: {what}"), fix);
+        |what: &str, fix: String| Box::new(Check::fail("format", format!("{shown}: {what}"), fix));
     if text.contains("-----BEGIN OPENSSH PRIVATE KEY-----") {
         return PrivateKey::from_openssh(&text).map(|k| Parsed::OpenSsh(Box::new(k))).map_err(
             |e| {

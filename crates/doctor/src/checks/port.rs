@@ -24,7 +24,7 @@ pub(crate) struct RunningTunnel {
 pub(crate) async fn check(env: &Env<'_>) -> (CategoryReport, Option<RunningTunnel>) {
     let Some(config) = env.config else { return (needs_config(Category::Tunnel), None) };
     if !config.tunnel.enabled {
-        let why = "not checked: USE_SSH_TUNNEL_FOR_REDIS=false, Redis is reached directly";
+        let why = crate::checks::config::no_tunnel_reason(config);
         return (CategoryReport::skipped(Category::Tunnel, why), None);
     }
     if let Some(tunnel) = &env.options.tunnel {

@@ -35,7 +35,7 @@ pub(crate) async fn check(
     let (addr, route) = match (running, through_session) {
         (Some(tunnel), _) => (tunnel.addr, format!("through our tunnel ({})", tunnel.owner)),
         (None, Some(found)) => found,
-        (None, None) if !config.tunnel.enabled => {
+        (None, None) if crate::checks::config::tunnel_turned_off(config) => {
             let Some(addr) = resolve(&redis.host, redis.port).await else {
                 let message = format!("cannot resolve the endpoint {}", redis.host);
                 let check = Check::fail("address", message, "check ELASTICACHE_ENDPOINT");

@@ -20,7 +20,7 @@ pub(crate) async fn check(env: &Env<'_>) -> CategoryReport {
     let manifest = match load(env, &path) {
         Ok(manifest) => manifest,
         Err(check) => {
-            let check = check.took(started.elapsed());
+            let check = (*check).took(started.elapsed());
             return CategoryReport::new(
                 Category::Services,
                 "the manifest cannot be used",
@@ -45,14 +45,14 @@ pub(crate) fn manifest_path(env: &Env<'_>) -> PathBuf {
     env.options.manifest.clone().unwrap_or_else(|| env.root.join(DEFAULT_MANIFEST_FILE))
 }
 
-fn load(env: &Env<'_>, path: &Path) -> Result<Manifest, Check> {
+fn load(env: &Env<'_>, path: &Path) -> Result<Manifest, Box<Check>> {
     if !path.is_file() {
         let message = format!("no service manifest at {}", env.show(path));
         let fix = "restore services.toml from git, or run `dev --no-services`";
-        return Err(Check::fail("manifest", message, fix));
+        return Err(Box::new(Check::fail("manifest", message, fix)));
     }
     Manifest::load(path, &env.child_env).map_err(|e| {
-        Check::fail("manifest", e.to_string(), "correct the manifest as the message says")
+        Box::new(Check::fail("manifest", e.to_string(), "correct the manifest as the message says"))
     })
 }
 

@@ -130,7 +130,9 @@ async fn go_check(env: &Env<'_>, need: Option<Option<(u32, u32)>>) -> Check {
 
 /// `go version go1.22.3 linux/amd64` → (1, 22).
 pub(crate) fn parse_go_version(text: &str) -> Option<(u32, u32)> {
-    let word = text.split_whitespace().find_map(|w| w.strip_prefix("go"))?;
+    let word = text.split_whitespace().find_map(|w| {
+        w.strip_prefix("go").filter(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+    })?;
     parse_major_minor(word)
 }
 

@@ -386,13 +386,26 @@ struct TunnelReport {
 }
 
 impl TunnelReport {
+    /// This tunnel's `systemctl`-like code: 0 up, 1 degraded, reconnecting or
+    /// starting, 3 not running (stale files cleaned), 4 unknown.
     fn exit_code(&self) -> u8 {
         match self.state.as_str() {
             "up" => 0,
+            "not running" => 3,
             "unknown" => 4,
             _ => 1,
         }
     }
+}
+
+/// The code for all tunnels: 4 if any state is unreadable, 3 if none runs,
+/// else the worst of the running ones.
+fn overall_exit_code(reports: &[TunnelReport]) -> u8 {
+    let codes: Vec<u8> = reports.iter().map(TunnelReport::exit_code).collect();
+    if codes.contains(&4) {
+        return 4;
+    }
+    codes.into_iter().filter(|c| *c != 3).max().unwrap_or(3)
 }
 
 fn status(ctx: &Context) -> anyhow::Result<ExitCode> {
@@ -412,11 +425,7 @@ fn status(ctx: &Context) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let code = match reports.iter().map(TunnelReport::exit_code).max() {
-        None => 3,
-        Some(4) => 4,
-        Some(n) => n,
-    };
+    let code = overall_exit_code(&reports);
     if ctx.out.json {
         ctx.out.json(&json!({ "tunnels": reports, "exit_code": code }))?;
     } else {

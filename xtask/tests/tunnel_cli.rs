@@ -432,3 +432,50 @@ fn restart_replaces_the_process_and_logs_show_both_runs() {
     let out = rig.xtask(&["logs", "-n", "1"]);
     assert_eq!(text(&out.stdout).lines().count(), 1);
 }
+
+#[test]
+fn status_exits_4_when_a_running_tunnel_answers_garbage_and_3_after_stale_cleanup() {
+    let rig = Rig::with(Sshd::builder().start(), RedisServer::builder().start(), None);
+    let dir = rig.state.path().join("fake-0000abcd");
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // A "tunnel" this test plays: it holds the pid lock and answers nonsense.
+    let pid_file = std::fs::File::create(dir.join("tunnel.pid")).unwrap();
+    let lock =
+        nix::fcntl::Flock::lock(pid_file, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(dir.join("control.sock")).unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stream.try_clone().unwrap()).read_line(&mut line).unwrap();
+        stream.write_all(b"not json\n").unwrap();
+    });
+
+    let out = rig.xtask(&["status"]);
+    server.join().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("fake-0000abcd  unknown  \n  cannot read its state: control socket "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("sent an unexpected reply: expected ident at line 1 column 2: not json"),
+        "{stdout}"
+    );
+
+    // The "tunnel" crashes: lock released, files left behind.
+    drop(lock);
+    let out = rig.xtask(&["status"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "fake-0000abcd  not running  \n  removed what a crashed run left: {}, {}\n",
+            dir.join("control.sock").display(),
+            dir.join("tunnel.pid").display()
+        )
+    );
+    assert!(!dir.join("control.sock").exists() && !dir.join("tunnel.pid").exists());
+}

@@ -293,8 +293,10 @@ fn append_event(redis: &RedisTarget, payload: &str) -> redis::RedisResult<String
 fn consume_events(redis: &RedisTarget, stop: &AtomicBool) {
     let mut reported_down = false;
     while !stop.load(Ordering::SeqCst) {
-        match consume_until_error(redis, stop) {
+        match consume_until_error(redis, stop, &mut reported_down) {
             Ok(()) => return,
+            // A connection cut while stopping (the tunnel may go first) is no news.
+            Err(_) if stop.load(Ordering::SeqCst) => return,
             Err(err) => {
                 if !reported_down {
                     say(&format!("worker: redis at {} unavailable: {err}; retrying", redis.addr));
@@ -306,8 +308,14 @@ fn consume_events(redis: &RedisTarget, stop: &AtomicBool) {
     }
 }
 
-fn consume_until_error(redis: &RedisTarget, stop: &AtomicBool) -> redis::RedisResult<()> {
+/// `reported_down` is cleared once connected, so the next outage is reported.
+fn consume_until_error(
+    redis: &RedisTarget,
+    stop: &AtomicBool,
+    reported_down: &mut bool,
+) -> redis::RedisResult<()> {
     let mut connection = redis.connect()?;
+    *reported_down = false;
     let created: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(STREAM)

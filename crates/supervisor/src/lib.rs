@@ -32,8 +32,8 @@ mod supervisor;
 
 pub use logs::{LogLine, LogStyle, Stream, MAX_LINE_SHOWN, TAIL_LINES};
 pub use manifest::{
-    check_paths, Check, Condition, Dependency, HttpCheck, LinePattern, Manifest, ManifestError,
-    PathError, Probe, Program, Restart, Service, DEFAULT_MANIFEST_FILE,
+    check_paths, check_selected_paths, Check, Condition, Dependency, HttpCheck, LinePattern,
+    Manifest, ManifestError, PathError, Probe, Program, Restart, Service, DEFAULT_MANIFEST_FILE,
 };
 pub use nix::sys::signal::Signal;
 pub use supervisor::{

@@ -153,9 +153,9 @@ pub enum ManifestError {
     #[error("{}: service `{service}`, `{key}`: {problem}; {fix}", path.display())]
     Invalid { path: PathBuf, service: String, key: String, problem: String, fix: String },
     #[error(
-        "{}: service `{service}`, `{key}` uses `${{{name}}}`, which is not set; set {name} in \
-         .env.local or the shell, or give a fallback with `${{{name}:-value}}`",
-        path.display()
+        "{}: service `{service}`, `{key}` uses `${{{name}}}`, which is not set; {}",
+        path.display(),
+        how_to_set(name)
     )]
     Undefined { path: PathBuf, service: String, key: String, name: String },
     #[error(
@@ -176,6 +176,17 @@ pub enum ManifestError {
         known.join(", ")
     )]
     UnknownService { path: PathBuf, name: String, suggestion: Option<String>, known: Vec<String> },
+}
+
+/// The next step for an unset variable; MESH_ROOT gets its own, being the
+/// one every new developer meets first.
+fn how_to_set(name: &str) -> String {
+    if name == "MESH_ROOT" {
+        return "set MESH_ROOT to your checkout of the platform (the directory holding `apps/`) \
+                in .env.local or the shell, e.g. `MESH_ROOT=$HOME/src/developer-mesh`"
+            .to_string();
+    }
+    format!("set {name} in .env.local or the shell, or give a fallback with `${{{name}:-value}}`")
 }
 
 fn suggest(suggestion: &Option<String>) -> String {
@@ -290,7 +301,12 @@ impl Manifest {
 /// fails before starting anything; a path built from `MESH_ROOT` says how to
 /// point it at the platform checkout.
 pub fn check_paths(manifest: &Manifest) -> Result<(), PathError> {
-    for service in &manifest.services {
+    check_selected_paths(manifest, &manifest.select(&[]).expect("all services"))
+}
+
+/// [`check_paths`] for the services [`Manifest::select`] chose (for `--only`).
+pub fn check_selected_paths(manifest: &Manifest, selected: &[usize]) -> Result<(), PathError> {
+    for service in selected.iter().map(|&i| &manifest.services[i]) {
         let missing = if !service.cwd.is_dir() {
             Some(("working directory", &service.cwd))
         } else {

@@ -272,3 +272,20 @@ fn only_selects_a_subset_with_its_dependencies() {
          api, docs, web"
     );
 }
+
+#[test]
+fn fail_unset_mesh_root_says_what_it_points_at() {
+    // Built directly: a developer's shell may well have MESH_ROOT set.
+    let error = ManifestError::Undefined {
+        path: PathBuf::from("/work/services.toml"),
+        service: "rest-api".into(),
+        key: "cwd".into(),
+        name: "MESH_ROOT".into(),
+    };
+    assert_eq!(
+        error.to_string(),
+        "/work/services.toml: service `rest-api`, `cwd` uses `${MESH_ROOT}`, which is not set; \
+         set MESH_ROOT to your checkout of the platform (the directory holding `apps/`) in \
+         .env.local or the shell, e.g. `MESH_ROOT=$HOME/src/developer-mesh`"
+    );
+}

@@ -226,7 +226,7 @@ async fn ping_median(session: &mut Session<'_>, count: usize) -> Result<f64, Pro
 /// Lists the nodes `CLUSTER SLOTS` announces and judges whether each is reachable: through the
 /// forward only the endpoint itself is; direct, we try to connect.
 async fn cluster_nodes(session: &mut Session<'_>) -> Result<ClusterReport, ProbeError> {
-    let value = session.call(&redis::cmd("CLUSTER").arg("SLOTS"), "CLUSTER SLOTS").await?;
+    let value = session.call(redis::cmd("CLUSTER").arg("SLOTS"), "CLUSTER SLOTS").await?;
     let ranges: Vec<redis::Value> = decode(value, session)?;
     let mut nodes: Vec<ClusterNode> = Vec::new();
     for range in ranges {

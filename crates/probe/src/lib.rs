@@ -17,6 +17,7 @@
 
 pub mod bench;
 mod check;
+mod cli;
 mod conn;
 mod error;
 pub mod resp;
@@ -24,6 +25,7 @@ mod target;
 mod tls;
 
 pub use check::{info, ping, ClusterNode, ClusterReport, InfoReport, PingReport, TlsState};
+pub use cli::redis_cli;
 pub use conn::{KnownChannelError, NoTunnel, TunnelDiagnosis};
 pub use error::{Phase, ProbeError};
 pub use target::{Route, Target, TlsMode, DEFAULT_TIMEOUT};

@@ -409,3 +409,16 @@ fn info_in_cluster_mode_direct_connects_to_each_node() {
     assert_eq!(cluster.unreachable, 0, "{cluster:?}");
     assert_eq!(cluster.nodes[0].note, "connects directly");
 }
+
+#[test]
+fn redis_cli_authenticates_through_the_environment() {
+    let server = RedisServer::builder().tls(ENDPOINT).password("s3cret").start();
+    let ca_cert = Some(server.tls().unwrap().ca_cert.clone());
+    let target =
+        through_forward(&server).tls(TlsMode::Verify { ca_cert }).password(Secret::new("s3cret"));
+    let output = mesh_probe::redis_cli(&mesh_testkit::require("redis-cli"), &target)
+        .arg("PING")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "PONG", "{output:?}");
+}

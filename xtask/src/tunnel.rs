@@ -216,8 +216,22 @@ fn run_foreground(
 
     let rt = runtime()?;
     rt.block_on(async {
+        let mut signals = Signals::new()?;
         let bound = mesh_tunnel::bind(spec.clone()).await?;
-        let tunnel = bound.start().await?;
+        if !detached_child {
+            ctx.out.say(&format!(
+                "tunnel: listening, connecting to {}@{}:{} ...",
+                spec.user, spec.host, spec.port
+            ));
+        }
+        // Ctrl+C while connecting is a clean stop too.
+        let tunnel = tokio::select! {
+            started = bound.start() => started?,
+            reason = signals.next() => {
+                ctx.out.say(&format!("tunnel {} not started ({reason})", state.id));
+                return Ok(ExitCode::SUCCESS);
+            }
+        };
         let (user, password) = match &config.redis {
             Some(redis) => (redis.username.clone(), redis.password.clone()),
             None => (None, None),
@@ -230,7 +244,10 @@ fn run_foreground(
             say_up(ctx, &state, &record);
         }
 
-        let reason = wait_for_stop(&guard).await?;
+        let reason = tokio::select! {
+            reason = signals.next() => reason,
+            _ = guard.stopped() => "stop requested",
+        };
         tracing::info!(reason, "stopping the tunnel");
         shared.shutdown_now().await;
         drop(guard);
@@ -239,18 +256,32 @@ fn run_foreground(
     })
 }
 
-/// Waits for Ctrl+C, SIGTERM, SIGHUP or a `stop` request; says which.
-async fn wait_for_stop(guard: &control::ControlGuard) -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
-    let mut hup = signal(SignalKind::hangup()).context("listen for SIGHUP")?;
-    let mut int = signal(SignalKind::interrupt()).context("listen for SIGINT")?;
-    Ok(tokio::select! {
-        _ = int.recv() => "interrupted",
-        _ = term.recv() => "SIGTERM",
-        _ = hup.recv() => "SIGHUP",
-        _ = guard.stopped() => "stop requested",
-    })
+/// The signals that stop a foreground tunnel cleanly, listened to from
+/// before the first connect.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).context("listen for SIGINT")?,
+            term: signal(SignalKind::terminate()).context("listen for SIGTERM")?,
+            hup: signal(SignalKind::hangup()).context("listen for SIGHUP")?,
+        })
+    }
+
+    /// Waits for the next one; says which.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "interrupted",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
 }
 
 pub(crate) fn say_up(ctx: &Context, state: &StateDir, record: &TunnelRecord) {

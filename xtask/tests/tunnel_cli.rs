@@ -129,6 +129,7 @@ fn start_detach_status_stop_leaves_no_process_socket_or_pid_file() {
     };
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join("control.sock")), 0o600);
+    assert_eq!(mode(&dir.join("tunnel.log")), 0o600);
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     assert!(!config.contains("tunnel-test-pw"), "no secret in config.json");
 
@@ -478,4 +479,35 @@ fn status_exits_4_when_a_running_tunnel_answers_garbage_and_3_after_stale_cleanu
         )
     );
     assert!(!dir.join("control.sock").exists() && !dir.join("tunnel.pid").exists());
+}
+
+#[test]
+fn ctrl_c_while_connecting_to_a_silent_bastion_exits_0_and_frees_the_port() {
+    let rig = Rig::with(Sshd::builder().start(), RedisServer::builder().start(), None);
+    // A "bastion" that accepts TCP and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let env = std::fs::read_to_string(&rig.env_file).unwrap();
+    let env = env.replace(
+        &format!("BASTION_PORT={}\n", rig.sshd.port()),
+        &format!("BASTION_PORT={}\n", silent.local_addr().unwrap().port()),
+    );
+    std::fs::write(&rig.env_file, env).unwrap();
+
+    let mut child =
+        rig.command(&["start"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let _held = silent.accept().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("tunnel: listening, connecting to "), "{stdout}");
+    assert!(stdout.ends_with(" not started (interrupted)\n"), "{stdout}");
+    std::net::TcpListener::bind(("127.0.0.1", rig.local_port))
+        .expect("the local port is free again");
+    assert!(!rig.tunnel_dir().join("tunnel.pid").exists());
 }

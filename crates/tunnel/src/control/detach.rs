@@ -4,6 +4,7 @@
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::{IsTerminal, Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
@@ -38,8 +39,12 @@ pub async fn start_detached(
     state.create()?;
     let log_offset = prepare_log(state)?;
     let log_err = |source| ControlError::Io { path: state.log_file.clone(), source };
-    let log =
-        OpenOptions::new().create(true).append(true).open(&state.log_file).map_err(log_err)?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&state.log_file)
+        .map_err(log_err)?;
     let log2 = log.try_clone().map_err(log_err)?;
 
     let mut command = Command::new(&req.program);

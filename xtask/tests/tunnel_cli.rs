@@ -493,7 +493,7 @@ fn ctrl_c_while_connecting_to_a_silent_bastion_exits_0_and_frees_the_port() {
     );
     std::fs::write(&rig.env_file, env).unwrap();
 
-    let mut child =
+    let child =
         rig.command(&["start"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let _held = silent.accept().unwrap();
     std::thread::sleep(Duration::from_millis(200));

@@ -88,9 +88,8 @@ async fn pipeline(
         None => ctx.config()?,
     };
     let manifest = load_manifest(args, ctx, &config, sandbox)?;
-    if !args.skip_checks {
-        mesh_supervisor::check_paths(&manifest)?;
-    }
+    let selected = manifest.select(&args.only)?;
+    mesh_supervisor::check_selected_paths(&manifest, &selected)?;
 
     let tunnel =
         if config.tunnel.enabled { Some(open_tunnel(args, ctx, &config).await?) } else { None };

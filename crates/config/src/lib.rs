@@ -135,7 +135,7 @@ pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
     for (path, shown) in &files {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-        let entries = dotenv::parse(&shown, &text).map_err(ConfigError::Syntax)?;
+        let entries = dotenv::parse(shown, &text).map_err(ConfigError::Syntax)?;
         let layer = entries.into_iter().map(|e| {
             let origin = Origin::File { path: shown.clone(), line: e.line };
             (e.key, e.value, origin)

@@ -17,6 +17,9 @@ use std::time::Duration;
 
 const ENDPOINT: &str = "sandbox-test01.serverless.use1.cache.amazonaws.com";
 
+/// A configured target with nothing listening behind it.
+const DEAD_ENDPOINT: &str = "sandbox-dead01.serverless.use1.cache.amazonaws.com";
+
 /// A bastion in front of a real redis-server, in one temp dir.
 struct Setup {
     bastion: Bastion,
@@ -29,7 +32,12 @@ async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let redis = LocalRedis::start(dir.path()).unwrap();
     let redis_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, redis.port()));
-    let targets = BTreeMap::from([(format!("{ENDPOINT}:6379"), redis_addr)]);
+    let nothing =
+        SocketAddr::from((Ipv4Addr::LOCALHOST, mesh_sandbox::free_loopback_port().unwrap()));
+    let targets = BTreeMap::from([
+        (format!("{ENDPOINT}:6379"), redis_addr),
+        (format!("{DEAD_ENDPOINT}:6379"), nothing),
+    ]);
     let bastion =
         Bastion::start(BastionConfig { dir: dir.path().to_path_buf(), targets }).await.unwrap();
     Setup { bastion, redis, _dir: dir }
@@ -145,6 +153,16 @@ async fn refuses_a_target_outside_its_configuration() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_configured_target_that_is_down_fails_as_connect_failed() {
+    let setup = setup().await;
+    let session = login(&setup).await;
+
+    let opened = session.channel_open_direct_tcpip(DEAD_ENDPOINT, 6379, "127.0.0.1", 40000).await;
+    assert!(matches!(open_failure(opened), ChannelOpenFailure::ConnectFailed));
+    session.channel_open_direct_tcpip(ENDPOINT, 6379, "127.0.0.1", 40000).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn refuses_a_shell_session() {
     let setup = setup().await;
     let session = login(&setup).await;
@@ -241,6 +259,29 @@ async fn openssh_password_login_is_refused() {
 
     let output = Command::new(ssh)
         .args(options)
+        .args(["-N", "ec2-user@127.0.0.1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Permission denied (publickey)"), "ssh said: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openssh_login_with_an_unknown_key_is_refused() {
+    let setup = setup().await;
+    let bastion = &setup.bastion;
+    let ssh = require_binary("ssh", "apt-get install -y openssh-client");
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("stranger");
+    let pem = stranger_key().to_openssh(russh::keys::ssh_key::LineEnding::LF).unwrap();
+    std::fs::write(&key_path, pem.as_bytes()).unwrap();
+    std::fs::set_permissions(&key_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
+
+    let output = Command::new(ssh)
+        .args(openssh_options(bastion.port(), &key_path, bastion.known_hosts_path()))
         .args(["-N", "ec2-user@127.0.0.1"])
         .stdin(Stdio::null())
         .output()

@@ -511,3 +511,39 @@ fn ctrl_c_while_connecting_to_a_silent_bastion_exits_0_and_frees_the_port() {
         .expect("the local port is free again");
     assert!(!rig.tunnel_dir().join("tunnel.pid").exists());
 }
+
+#[test]
+fn accept_new_reaches_the_detached_child_and_records_the_host_key() {
+    let sshd = Sshd::builder().start();
+    let redis = RedisServer::builder().start();
+    let known_hosts = tempfile::NamedTempFile::new().unwrap();
+    let rig = Rig::with(sshd, redis, Some(known_hosts.path()));
+
+    let out = rig.xtask(&["start", "--detach", "--accept-new"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let recorded = std::fs::read_to_string(known_hosts.path()).unwrap();
+    assert!(recorded.contains(&format!("[127.0.0.1]:{} ", rig.sshd.port())), "{recorded}");
+    assert!(rig.xtask(&["stop"]).status.success());
+}
+
+#[test]
+fn non_loopback_bind_without_the_flag_is_a_usage_error() {
+    let rig = Rig::with(Sshd::builder().start(), RedisServer::builder().start(), None);
+    let mut env = std::fs::read_to_string(&rig.env_file).unwrap();
+    env.push_str("TUNNEL_BIND_ADDRESS=0.0.0.0\n");
+    std::fs::write(&rig.env_file, env).unwrap();
+
+    for args in [&["start"][..], &["start", "--detach"][..]] {
+        let out = rig.xtask(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.ends_with(
+                "error: TUNNEL_BIND_ADDRESS=0.0.0.0 would expose Redis to other machines: pass \
+                 --allow-remote-bind if that is intended, or unset it to bind loopback only\n"
+            ),
+            "{stderr}"
+        );
+    }
+    assert!(std::fs::read_dir(rig.state.path()).unwrap().next().is_none(), "nothing started");
+}

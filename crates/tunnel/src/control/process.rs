@@ -254,6 +254,39 @@ mod tests {
         assert!(sleeper.is_alive());
     }
 
+    #[tokio::test]
+    async fn process_ignoring_sigterm_is_killed_after_the_grace_period() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateRoot { dir: tmp.path().into(), runtime_dir: None }.tunnel(&TunnelId::new(
+            "b",
+            22,
+            "u",
+            &[],
+        ));
+        state.create().unwrap();
+        // A stand-in tunnel: it ignores SIGTERM, holds the pid file's lock
+        // and wrote its pid there, as a hung tunnel would have.
+        let script =
+            r#"trap "" TERM; exec 9<>"$1"; flock -n 9 || exit 9; echo $$ >&9; exec sleep 30"#;
+        let mut child = Command::new("sh")
+            .args(["-c", script, "sh"])
+            .arg(&state.pid_file)
+            .spawn()
+            .expect("sh and flock (util-linux) run");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while state.read_pid().unwrap() != Some(child.id()) || !state.is_locked().unwrap() {
+            assert!(Instant::now() < deadline, "the stand-in never took the lock");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+
+        let exes = [PathBuf::from("/bin/sleep"), PathBuf::from("/usr/bin/sleep")];
+        let outcome = stop(&state, &exes, Duration::from_millis(300)).await.unwrap();
+        assert_eq!(outcome, StopOutcome::Stopped { pid: Some(child.id()), via: StopVia::Sigkill });
+        let status = child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+        assert!(!state.pid_file.exists());
+    }
+
     #[test]
     fn is_ours_recognizes_our_binary_only() {
         assert_eq!(is_ours(std::process::id(), &our_exes()), Ok(()));

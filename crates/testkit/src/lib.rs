@@ -19,6 +19,7 @@
 //! # let _ = (state, sshd);
 //! ```
 
+mod netns;
 pub mod process;
 mod redis;
 mod sshd;
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+pub use netns::{Link, NetNs};
 pub use redis::{RedisBuilder, RedisServer, RedisTls};
 pub use sshd::{
     generate_key, generate_key_in_format, HostKey, KeyFormat, KeyPair, KeyType, Sshd, SshdBuilder,

@@ -78,6 +78,20 @@ impl Running {
         self.child.id()
     }
 
+    /// Stops the process and its descendants with SIGSTOP (they hold their sockets but answer
+    /// nothing) until [`Running::thaw`].
+    pub fn freeze(&self) {
+        freeze_tree(Pid::from_raw(self.child.id() as i32));
+    }
+
+    /// Resumes a tree stopped by [`Running::freeze`] with SIGCONT.
+    pub fn thaw(&self) {
+        // A stopped process cannot fork, so the tree found now is the one that was frozen.
+        for pid in freeze_tree(Pid::from_raw(self.child.id() as i32)) {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGCONT);
+        }
+    }
+
     /// The exit status if the server has already exited, without waiting.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()

@@ -1,8 +1,9 @@
-//! A real `redis-server` on a free loopback port: password, ACL users, TLS, stop and restart.
+//! A real `redis-server` on a free loopback port (or inside a [`NetNs`]): password, ACL users,
+//! TLS, cluster mode, stop, restart and freeze.
 
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -11,7 +12,7 @@ use std::time::Duration;
 use mesh_config::Secret;
 
 use crate::process::{log_len, log_since, tail, wait_for_text, wait_ready, NotReady, Running};
-use crate::{free_port, loopback, require, tls};
+use crate::{free_port, require, tls, NetNs};
 
 /// The line redis-server logs once it serves clients.
 const READY_LINE: &str = "Ready to accept connections";
@@ -24,6 +25,7 @@ pub struct RedisBuilder {
     tls_name: Option<String>,
     plain_port_too: bool,
     cluster: bool,
+    netns: Option<(NetNs, Ipv4Addr)>,
     extra_config: String,
 }
 
@@ -62,6 +64,13 @@ impl RedisBuilder {
         self
     }
 
+    /// Runs inside `netns`, bound to `addr` (and the namespace's 127.0.0.1), with protected mode
+    /// off; [`RedisServer::cli`] runs inside the namespace too. Root only.
+    pub fn netns(mut self, netns: &NetNs, addr: Ipv4Addr) -> Self {
+        self.netns = Some((netns.clone(), addr));
+        self
+    }
+
     /// Appends raw `redis.conf` lines (a later line wins in redis.conf), e.g. `user bob on ...`.
     pub fn extra_config(mut self, lines: &str) -> Self {
         self.extra_config.push_str(lines);
@@ -85,8 +94,10 @@ impl RedisBuilder {
                 key: files.key,
             }
         });
+        let host = self.netns.as_ref().map_or(Ipv4Addr::LOCALHOST, |(_, addr)| *addr);
         let mut server = RedisServer {
             process: None,
+            host,
             port: 0,
             plain_port: None,
             password: self.password.clone(),
@@ -133,6 +144,8 @@ pub struct RedisTls {
 pub struct RedisServer {
     /// The server process; `None` between [`RedisServer::stop`] and [`RedisServer::start`].
     process: Option<Running>,
+    /// The address it binds: 127.0.0.1, or the one given with [`RedisBuilder::netns`].
+    host: Ipv4Addr,
     /// The port clients use: the TLS port when TLS is on, else the plain one.
     port: u16,
     /// The plain port when TLS is on and [`RedisBuilder::plain_port_too`] was asked for.
@@ -164,9 +177,24 @@ impl RedisServer {
         self.port
     }
 
-    /// `127.0.0.1:port()`.
+    /// `127.0.0.1:port()`, or the namespace address and port.
     pub fn addr(&self) -> SocketAddr {
-        loopback(self.port)
+        SocketAddr::from((self.host, self.port))
+    }
+
+    /// Stops the server with SIGSTOP: connections stay open but nothing answers (a hung
+    /// endpoint). [`RedisServer::thaw`] resumes it.
+    pub fn freeze(&self) {
+        if let Some(process) = &self.process {
+            process.freeze();
+        }
+    }
+
+    /// Resumes a server stopped by [`RedisServer::freeze`].
+    pub fn thaw(&self) {
+        if let Some(process) = &self.process {
+            process.thaw();
+        }
     }
 
     /// The plain-RESP port next to TLS, when [`RedisBuilder::plain_port_too`] was set.
@@ -218,8 +246,8 @@ impl RedisServer {
     /// A `redis-cli` command aimed at this server: host, port, TLS flags, and the password
     /// through `REDISCLI_AUTH` (never `-a`, which would show it in `ps`).
     pub fn cli_command(&self) -> Command {
-        let mut command = Command::new(require("redis-cli"));
-        command.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        let mut command = self.command_for(require("redis-cli"));
+        command.args(["-h", &self.host.to_string(), "-p", &self.port.to_string()]);
         if let Some(tls) = &self.tls {
             command.arg("--tls").arg("--cacert").arg(&tls.ca_cert).arg("--sni");
             command.arg(&tls.server_name);
@@ -254,13 +282,21 @@ impl RedisServer {
     /// nodes.conf, so a restart needs no second call.
     fn assign_all_slots(&self) {
         let reply = self.cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
-        assert_eq!(reply, "OK", "CLUSTER ADDSLOTSRANGE on 127.0.0.1:{} failed", self.port);
+        assert_eq!(reply, "OK", "CLUSTER ADDSLOTSRANGE on {} failed", self.addr());
         let ready = wait_for_text(
             || self.cli(&["CLUSTER", "INFO"]),
             "cluster_state:ok",
             crate::process::START_TIMEOUT,
         );
-        assert!(ready, "redis cluster on 127.0.0.1:{} never reached cluster_state:ok", self.port);
+        assert!(ready, "redis cluster on {} never reached cluster_state:ok", self.addr());
+    }
+
+    /// A command for `program`, inside the server's namespace when it has one.
+    fn command_for(&self, program: PathBuf) -> Command {
+        match &self.settings.netns {
+            Some((netns, _)) => netns.command(program),
+            None => Command::new(program),
+        }
     }
 
     fn pick_ports(&mut self) {
@@ -290,15 +326,17 @@ impl RedisServer {
             .open(&self.log)
             .unwrap_or_else(|err| panic!("cannot open {}: {err}", self.log.display()));
         let stderr = log.try_clone().expect("duplicate the log file handle");
-        let mut command = Command::new(&self.binary);
+        let mut command = self.command_for(self.binary.clone());
         command.arg(&self.config).stdin(Stdio::null()).stdout(log).stderr(stderr);
         let mut process = Running::spawn(command)
             .unwrap_or_else(|err| panic!("cannot start {}: {err}", self.binary.display()));
 
-        let (log_path, addr) = (self.log.clone(), self.addr());
+        // Inside a namespace the test may have no route to the server: trust its log alone.
+        let (log_path, addr, outside) =
+            (self.log.clone(), self.addr(), self.settings.netns.is_none());
         let result = wait_ready(&mut process, || {
             log_since(&log_path, log_from).contains(READY_LINE)
-                && TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+                && (!outside || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())
         });
         match &result {
             Ok(()) => tracing::debug!(port = self.port, pid = process.pid(), "redis-server ready"),
@@ -310,8 +348,8 @@ impl RedisServer {
 
     fn fail(&self, failure: NotReady) -> ! {
         panic!(
-            "redis-server on 127.0.0.1:{} {failure}; config {}; last lines of its log:\n{}",
-            self.port,
+            "redis-server on {} {failure}; config {}; last lines of its log:\n{}",
+            self.addr(),
             self.config.display(),
             tail(&self.log_text(), 25)
         );
@@ -367,7 +405,12 @@ fn render_config(server: &RedisServer) -> String {
         (Some(_), Some(plain)) => plain,
         (Some(_), None) => 0,
     };
-    let _ = writeln!(text, "bind 127.0.0.1\nport {plain}\nprotected-mode yes");
+    if server.host.is_loopback() {
+        let _ = writeln!(text, "bind 127.0.0.1\nport {plain}\nprotected-mode yes");
+    } else {
+        // Our own namespace: clients come from the bastion's address, not loopback.
+        let _ = writeln!(text, "bind {} 127.0.0.1\nport {plain}\nprotected-mode no", server.host);
+    }
     let _ = writeln!(text, "daemonize no\nsave \"\"\nappendonly no\nloglevel notice");
     let _ = writeln!(text, "dir {}", quote(&dir.to_string_lossy()));
     if let Some(tls) = &server.tls {

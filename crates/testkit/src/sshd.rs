@@ -1,10 +1,10 @@
-//! A real OpenSSH `sshd` on a free loopback port, with generated host and user keys, an
-//! `authorized_keys` and a matching `known_hosts`, running as root or as any user.
+//! A real OpenSSH `sshd` on a free loopback port (or inside a [`NetNs`]), with generated host
+//! and user keys, an `authorized_keys` and a matching `known_hosts`, as root or any user.
 
 use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::process::{
     log_len, log_since, run_checked, tail, wait_for_text, wait_ready, NotReady, Running,
 };
-use crate::{current_user, free_port, loopback, require};
+use crate::{current_user, free_port, require, NetNs};
 
 /// The privilege-separation directory Debian's sshd wants when it runs as root.
 const PRIVSEP_DIR: &str = "/run/sshd";
@@ -142,6 +142,7 @@ fn keygen(path: &Path, kind: KeyType, passphrase: Option<&str>, format: KeyForma
 pub struct SshdBuilder {
     host_key_types: Vec<KeyType>,
     user_key: KeyType,
+    netns: Option<(NetNs, Ipv4Addr)>,
     extra_config: String,
 }
 
@@ -164,6 +165,13 @@ impl SshdBuilder {
     pub fn extra_config(mut self, lines: &str) -> Self {
         self.extra_config.push_str(lines);
         self.extra_config.push('\n');
+        self
+    }
+
+    /// Runs inside `netns`, listening on `addr` (reach it through a [`crate::Link`]); the
+    /// known_hosts lines and [`Sshd::ssh_command`] then name `addr`. Root only.
+    pub fn netns(mut self, netns: &NetNs, addr: Ipv4Addr) -> Self {
+        self.netns = Some((netns.clone(), addr));
         self
     }
 
@@ -191,8 +199,11 @@ impl SshdBuilder {
             ensure_privsep_dir();
         }
 
+        let host = self.netns.as_ref().map_or(Ipv4Addr::LOCALHOST, |(_, addr)| *addr);
         let mut sshd = Sshd {
             process: None,
+            host,
+            netns: self.netns.map(|(netns, _)| netns),
             port: 0,
             user: current_user(),
             host_keys,
@@ -225,7 +236,11 @@ impl SshdBuilder {
 pub struct Sshd {
     /// The listener process and its sessions; `None` between [`Sshd::stop`] and [`Sshd::start`].
     process: Option<Running>,
-    /// The loopback port sshd listens on; kept across restarts.
+    /// The address sshd listens on: 127.0.0.1, or the one given with [`SshdBuilder::netns`].
+    host: Ipv4Addr,
+    /// The namespace sshd runs in, if any; kept alive as long as the server.
+    netns: Option<NetNs>,
+    /// The port sshd listens on; kept across restarts.
     port: u16,
     /// The login name tests connect as: the user running the tests.
     user: String,
@@ -233,7 +248,7 @@ pub struct Sshd {
     host_keys: Vec<HostKey>,
     /// The generated user key, authorized from the start.
     user_key: KeyPair,
-    /// `[127.0.0.1]:PORT TYPE KEY` for every host key.
+    /// `[HOST]:PORT TYPE KEY` for every host key.
     known_hosts: PathBuf,
     /// Read by sshd on every login, so [`Sshd::authorize`] works while it runs.
     authorized_keys: PathBuf,
@@ -255,18 +270,39 @@ impl Sshd {
         SshdBuilder {
             host_key_types: KeyType::ALL.to_vec(),
             user_key: KeyType::Ed25519,
+            netns: None,
             extra_config: String::new(),
         }
     }
 
-    /// The port sshd listens on, on 127.0.0.1.
+    /// The port sshd listens on.
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// `127.0.0.1:port()`.
+    /// `127.0.0.1:port()`, or the namespace address and port.
     pub fn addr(&self) -> SocketAddr {
-        loopback(self.port)
+        SocketAddr::from((self.host, self.port))
+    }
+
+    /// The address sshd listens on (127.0.0.1 unless it runs in a namespace).
+    pub fn host(&self) -> Ipv4Addr {
+        self.host
+    }
+
+    /// Stops sshd and its sessions with SIGSTOP: TCP stays up but no SSH packet is answered,
+    /// so a client's keepalives go unanswered. [`Sshd::thaw`] resumes them.
+    pub fn freeze(&self) {
+        if let Some(process) = &self.process {
+            process.freeze();
+        }
+    }
+
+    /// Resumes sshd and its sessions after [`Sshd::freeze`].
+    pub fn thaw(&self) {
+        if let Some(process) = &self.process {
+            process.thaw();
+        }
     }
 
     /// The user to log in as (the current user; root in CI).
@@ -329,7 +365,7 @@ impl Sshd {
     pub fn known_hosts_line(&self, public_line: &str) -> String {
         let mut fields = public_line.split_whitespace();
         let (kind, key) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
-        format!("[127.0.0.1]:{} {kind} {key}", self.port)
+        format!("[{}]:{} {kind} {key}", self.host, self.port)
     }
 
     /// Adds a public key line to `authorized_keys` (takes effect at the next login).
@@ -400,7 +436,7 @@ impl Sshd {
         ] {
             command.args(["-o", option]);
         }
-        command.arg(format!("{}@127.0.0.1", self.user)).stdin(Stdio::null());
+        command.arg(format!("{}@{}", self.user, self.host)).stdin(Stdio::null());
         command
     }
 
@@ -421,7 +457,7 @@ impl Sshd {
         let dir = self.dir.path();
         let mut text = String::from("# written by mesh-testkit\n");
         text.push_str(before);
-        let _ = writeln!(text, "ListenAddress 127.0.0.1:{}", self.port);
+        let _ = writeln!(text, "ListenAddress {}:{}", self.host, self.port);
         for key in &self.host_keys {
             let _ = writeln!(text, "HostKey {}", key.path.display());
         }
@@ -442,24 +478,39 @@ impl Sshd {
              MaxStartups 100\n\
              LogLevel DEBUG\n",
         );
+        // Bash reads ~/.bashrc for a command run over ssh only as a top-level shell (SHLVL
+        // below 2). A developer's rc (pyenv, conda) can take seconds, or a minute when a killed
+        // session left its lock behind, so test sessions skip it.
+        text.push_str("SetEnv SHLVL=1\n");
         text.push_str(matches);
         text
     }
 
     fn spawn_and_wait(&mut self) -> Result<(), NotReady> {
+        let log_from = log_len(&self.log);
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap_or_else(|err| panic!("cannot open {}: {err}", self.log.display()));
-        let mut command = Command::new(&self.binary);
+        let mut command = match &self.netns {
+            Some(netns) => netns.command(&self.binary),
+            None => Command::new(&self.binary),
+        };
         command.arg("-D").arg("-f").arg(&self.config).arg("-E").arg(&self.log);
         command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let mut process = Running::spawn(command)
             .unwrap_or_else(|err| panic!("cannot start {}: {err}", self.binary.display()));
 
-        let addr = self.addr();
-        let result = wait_ready(&mut process, || read_banner(addr).is_some());
+        // Inside a namespace the test may have no route yet: trust the log there.
+        let (addr, outside, log_path) = (self.addr(), self.netns.is_none(), self.log.clone());
+        let result = wait_ready(&mut process, || {
+            if outside {
+                read_banner(addr).is_some()
+            } else {
+                log_since(&log_path, log_from).contains("Server listening on")
+            }
+        });
         match &result {
             Ok(()) => tracing::debug!(port = self.port, pid = process.pid(), "sshd ready"),
             Err(_) => process.kill(),
@@ -470,8 +521,8 @@ impl Sshd {
 
     fn fail(&self, failure: NotReady) -> ! {
         panic!(
-            "sshd on 127.0.0.1:{} {failure}; config {}; last lines of its log:\n{}",
-            self.port,
+            "sshd on {} {failure}; config {}; last lines of its log:\n{}",
+            self.addr(),
             self.config.display(),
             tail(&self.log(), 25)
         );

@@ -368,3 +368,51 @@ fn servers_die_when_the_test_process_is_killed() {
         fs::remove_dir_all(&dir).unwrap_or_else(|err| panic!("cannot remove {dir}: {err}"));
     }
 }
+
+#[test]
+fn frozen_sshd_leaves_keepalives_unanswered_until_thawed() {
+    let sshd = Sshd::builder().host_key_types(&[KeyType::Ed25519]).start();
+    let mut session = sshd
+        .ssh_command()
+        .args(["-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=2", "sleep 60"])
+        .spawn()
+        .expect("start ssh session");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(session.try_wait().unwrap(), None, "session ended before the freeze");
+
+    sshd.freeze();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = session.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = session.kill();
+            panic!("ssh never noticed the frozen server");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    sshd.thaw();
+
+    let output = run(sshd.ssh_command().arg("true"));
+    assert!(output.status.success(), "after thaw: {}", describe(&output, &sshd));
+}
+
+#[test]
+fn frozen_redis_accepts_but_answers_nothing_until_thawed() {
+    let redis = RedisServer::builder().start();
+    let mut stream = connect(redis.port());
+
+    redis.freeze();
+    stream.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    stream.write_all(b"PING\r\n").unwrap();
+    let mut line = String::new();
+    let silent = BufReader::new(&stream).read_line(&mut line);
+    assert!(silent.is_err(), "a frozen redis answered {line:?}");
+    redis.thaw();
+
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    BufReader::new(&stream).read_line(&mut line).expect("reply after thaw");
+    assert_eq!(line.trim_end(), "+PONG");
+}

@@ -10,6 +10,7 @@ mod dev;
 mod doctor;
 mod env;
 mod output;
+mod redis;
 mod sandbox;
 mod tunnel;
 
@@ -47,6 +48,11 @@ enum Command {
     /// Open, inspect and stop the SSH tunnel to Redis.
     #[command(subcommand)]
     Tunnel(tunnel::TunnelCmd),
+    /// Check Redis through the tunnel: ping, info, bench.
+    Redis {
+        #[command(subcommand)]
+        cmd: redis::RedisCmd,
+    },
     /// Run our bastion and a local Redis in the background, to try the commands by hand.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCmd),
@@ -72,6 +78,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor::run(args, &ctx),
         Command::Ci(args) => ci::run(args, &ctx),
         Command::Tunnel(cmd) => tunnel::run(cmd, &ctx),
+        Command::Redis { cmd } => redis::run(cmd, &ctx),
         Command::Sandbox(cmd) => sandbox::run(cmd, &ctx),
         Command::Standin(args) => sandbox::run_standin(args),
         Command::Completions { shell } => {

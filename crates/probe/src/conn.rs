@@ -392,7 +392,7 @@ pub(crate) async fn explain(
         Failure::Closed { received_any: false } => diagnose_closed(target, diagnosis, since).await,
         Failure::Closed { received_any: true } => ProbeError::Io {
             target: described,
-            source: io::Error::new(io::ErrorKind::ConnectionAborted, "closed by the server"),
+            cause: io::Error::new(io::ErrorKind::ConnectionAborted, "closed by the server"),
         },
         Failure::Malformed(m) if target.tls == TlsMode::Off && m.seen.starts_with("15 03") => {
             ProbeError::TlsRequired { target: described }
@@ -401,7 +401,7 @@ pub(crate) async fn explain(
         Failure::Timeout => {
             ProbeError::Timeout { target: described, phase: Phase::Reply, after: target.timeout }
         }
-        Failure::Io(source) => ProbeError::Io { target: described, source },
+        Failure::Io(cause) => ProbeError::Io { target: described, cause },
     }
 }
 
@@ -430,7 +430,7 @@ pub(crate) async fn dial(target: &Target) -> Result<TcpStream, ProbeError> {
             Route::Forward(addr) => vec![*addr],
             Route::Direct => tokio::net::lookup_host((target.host.as_str(), target.port))
                 .await
-                .map_err(|source| ProbeError::Resolve { host: target.host.clone(), source })?
+                .map_err(|source| ProbeError::Resolve { host: target.host.clone(), cause: source })?
                 .collect(),
         };
         let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
@@ -451,21 +451,19 @@ pub(crate) async fn dial(target: &Target) -> Result<TcpStream, ProbeError> {
     };
     stream
         .set_nodelay(true)
-        .map_err(|source| ProbeError::Connect { target: target.describe(), source })?;
+        .map_err(|cause| ProbeError::Connect { target: target.describe(), cause })?;
     Ok(stream)
 }
 
 fn connect_error(target: &Target, source: io::Error) -> ProbeError {
     match (&target.route, source.kind()) {
-        (Route::Forward(addr), io::ErrorKind::ConnectionRefused) => ProbeError::ForwardRefused {
-            endpoint: target.endpoint(),
-            local_port: addr.port(),
-            source,
-        },
-        (Route::Direct, io::ErrorKind::ConnectionRefused) => {
-            ProbeError::Refused { target: target.describe(), source }
+        (Route::Forward(addr), io::ErrorKind::ConnectionRefused) => {
+            ProbeError::ForwardRefused { endpoint: target.endpoint(), local_port: addr.port() }
         }
-        _ => ProbeError::Connect { target: target.describe(), source },
+        (Route::Direct, io::ErrorKind::ConnectionRefused) => {
+            ProbeError::Refused { target: target.describe() }
+        }
+        _ => ProbeError::Connect { target: target.describe(), cause: source },
     }
 }
 

@@ -27,6 +27,9 @@ impl std::fmt::Display for Phase {
 
 /// A failed Redis check. `target` is always how the check names what it dialled, e.g.
 /// `cache.example.com:6379 through the forward 127.0.0.1:6379`; no variant ever holds a secret.
+///
+/// Underlying I/O errors are kept as `cause` and written into the message itself (not as an
+/// error `source`), so a printed chain does not repeat them.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     /// Nothing listens on the local forward: the tunnel is not running.
@@ -35,25 +38,25 @@ pub enum ProbeError {
          running; start it with `cargo xtask tunnel start`, or pass --direct to dial the \
          endpoint itself"
     )]
-    ForwardRefused { endpoint: String, local_port: u16, source: std::io::Error },
+    ForwardRefused { endpoint: String, local_port: u16 },
 
     /// The endpoint itself refused the connection (direct route).
     #[error(
         "{target} refused the connection: check ELASTICACHE_ENDPOINT and its port, and that \
          Redis is running there"
     )]
-    Refused { target: String, source: std::io::Error },
+    Refused { target: String },
 
     /// The endpoint's name does not resolve (direct route).
     #[error(
-        "cannot resolve {host}: {source}; an in-VPC name only resolves inside the VPC, so drop \
+        "cannot resolve {host}: {cause}; an in-VPC name only resolves inside the VPC, so drop \
          --direct to go through the tunnel"
     )]
-    Resolve { host: String, source: std::io::Error },
+    Resolve { host: String, cause: std::io::Error },
 
     /// Any other failure to open the TCP connection.
-    #[error("cannot connect to {target}: {source}")]
-    Connect { target: String, source: std::io::Error },
+    #[error("cannot connect to {target}: {cause}")]
+    Connect { target: String, cause: std::io::Error },
 
     /// A step took longer than the timeout.
     #[error(
@@ -167,8 +170,8 @@ pub enum ProbeError {
     Server { target: String, command: String, detail: String },
 
     /// The connection broke after it had worked.
-    #[error("the connection to {target} broke: {source}")]
-    Io { target: String, source: std::io::Error },
+    #[error("the connection to {target} broke: {cause}")]
+    Io { target: String, cause: std::io::Error },
 
     /// A benchmark on a production target was not confirmed.
     #[error(

@@ -169,8 +169,11 @@ impl Shared {
         Ok((id, TcpStream::from_std(std_stream)?))
     }
 
-    fn unregister(&self, id: u64) {
-        self.lock_sockets().remove(&id);
+    /// Shuts down and forgets one connection's socket.
+    fn cut(&self, id: u64) {
+        if let Some(socket) = self.lock_sockets().remove(&id) {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     /// Shuts down every client socket, which ends its russh session at once.
@@ -266,10 +269,7 @@ async fn serve_connection(
         }
     }
 
-    if let Some(socket) = shared.lock_sockets().remove(&id) {
-        let _ = socket.shutdown(std::net::Shutdown::Both);
-    }
-    shared.unregister(id);
+    shared.cut(id);
 }
 
 /// Resolves once the bastion is shutting down (or is gone).

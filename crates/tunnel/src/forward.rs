@@ -1,13 +1,14 @@
 //! One local connection carried over a `direct-tcpip` channel, both ways, with half-close.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use russh::client::Msg;
 use russh::{Channel, ChannelMsg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 use crate::listen::originator;
 use crate::status::{ActiveGuard, Counters};
@@ -15,6 +16,9 @@ use crate::tunnel::Shared;
 
 /// The local read size: one SSH packet's worth of payload.
 const CHUNK: usize = 32 * 1024;
+
+/// Bytes from the endpoint allowed to wait for a slow local client before it is cut off.
+const MAX_QUEUED: usize = 64 << 20;
 
 /// Serves one accepted connection to the end; never touches another connection.
 pub(crate) async fn serve(shared: Arc<Shared>, index: usize, stream: TcpStream, peer: SocketAddr) {
@@ -130,11 +134,37 @@ async fn pump(stream: TcpStream, channel: Channel<Msg>, counters: &Counters) {
             counters.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
         }
     };
-    let downstream = async {
+    // The channel is drained into our own queue at once, so a client that stops reading
+    // never holds up russh's session loop (and with it every other connection); past
+    // `MAX_QUEUED` bytes waiting for it, the client is cut off instead.
+    let queued = AtomicUsize::new(0);
+    let (queue_tx, mut queue_rx) = mpsc::unbounded_channel();
+    let drain = async {
         while let Some(msg) = from_channel.wait().await {
+            let close = matches!(msg, ChannelMsg::Close);
+            if let ChannelMsg::Data { data } = &msg {
+                if queued.fetch_add(data.len(), Ordering::Relaxed) + data.len() > MAX_QUEUED {
+                    let message = format!(
+                        "the local client stopped reading: closed after {} MB waited for it",
+                        MAX_QUEUED >> 20
+                    );
+                    counters.channel_failed(message.clone());
+                    return Err(std::io::Error::other(message));
+                }
+            }
+            if queue_tx.send(msg).is_err() || close {
+                break;
+            }
+        }
+        drop(queue_tx);
+        Ok(())
+    };
+    let deliver = async {
+        while let Some(msg) = queue_rx.recv().await {
             match msg {
                 ChannelMsg::Data { data } => {
                     to_client.write_all(&data).await?;
+                    queued.fetch_sub(data.len(), Ordering::Relaxed);
                     counters.bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
                 ChannelMsg::Eof => to_client.shutdown().await?,
@@ -143,6 +173,19 @@ async fn pump(stream: TcpStream, channel: Channel<Msg>, counters: &Counters) {
             }
         }
         Ok::<(), std::io::Error>(())
+    };
+    let downstream = async {
+        tokio::pin!(drain, deliver);
+        let mut drained = false;
+        loop {
+            tokio::select! {
+                result = &mut drain, if !drained => {
+                    result?;
+                    drained = true;
+                }
+                result = &mut deliver => return result,
+            }
+        }
     };
     tokio::pin!(upstream, downstream);
 

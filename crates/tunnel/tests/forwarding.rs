@@ -242,3 +242,25 @@ async fn status_serializes_state_counters_and_bastion() {
     drop(conn);
     rig.tunnel.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_client_does_not_hold_up_its_siblings() {
+    let rig = rig().await;
+    let mut writer = Resp::authed(rig.local).await;
+    let value = vec![b's'; 16 * 1024 * 1024];
+    assert_eq!(writer.cmd(&[b"SET", b"huge", &value]).await, Reply::Simple("OK".into()));
+
+    // Asks for 16 MB and never reads: far more than socket buffers and russh's queue hold.
+    let mut staller = Resp::authed(rig.local).await;
+    staller.send(&[b"GET", b"huge"]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let mut sibling = Resp::authed(rig.local).await;
+    let pong = tokio::time::timeout(Duration::from_secs(2), sibling.cmd(&[b"PING"])).await;
+    assert_eq!(
+        pong.expect("a sibling answered while another client stalls"),
+        Reply::Simple("PONG".into())
+    );
+    drop(staller);
+    rig.tunnel.shutdown().await;
+}

@@ -150,14 +150,23 @@ fn load_manifest(
 /// one run inside this process for the session.
 enum DevTunnel {
     Reused,
-    Owned { shared: Arc<SharedTunnel>, guard: control::ControlGuard, state: watch::Receiver<State> },
+    Owned(Box<OwnedTunnel>),
+}
+
+/// A tunnel run inside `dev`, served on the control socket like any other.
+struct OwnedTunnel {
+    shared: Arc<SharedTunnel>,
+    /// Removes the socket and pid file when dropped.
+    guard: control::ControlGuard,
+    /// The engine's state, for the outage and recovery lines.
+    state: watch::Receiver<State>,
 }
 
 impl DevTunnel {
     async fn close(self, ctx: &Context) {
-        if let DevTunnel::Owned { shared, guard, .. } = self {
-            shared.shutdown_now().await;
-            drop(guard);
+        if let DevTunnel::Owned(owned) = self {
+            owned.shared.shutdown_now().await;
+            drop(owned.guard);
             ctx.out.say(&paint(ctx.out.color, DIM, "tunnel closed"));
         }
     }
@@ -202,7 +211,7 @@ async fn open_tunnel(args: &DevArgs, ctx: &Context, config: &Config) -> anyhow::
     let record = TunnelRecord::new(&state_dir, &spec);
     let guard = control::serve_control(shared.clone(), lock, record.clone()).await?;
     crate::tunnel::say_up(ctx, &state_dir, &record);
-    Ok(DevTunnel::Owned { shared, guard, state })
+    Ok(DevTunnel::Owned(Box::new(OwnedTunnel { shared, guard, state })))
 }
 
 /// A Redis PING through the forward (with AUTH when configured).
@@ -328,10 +337,10 @@ async fn forward_signals(stop: StopHandle) {
 
 /// One line when the tunnel goes down, one when it is back; never returns.
 async fn tunnel_watch(ctx: &Context, tunnel: Option<&DevTunnel>) {
-    let Some(DevTunnel::Owned { state, .. }) = tunnel else {
+    let Some(DevTunnel::Owned(owned)) = tunnel else {
         return std::future::pending().await;
     };
-    let mut state = state.clone();
+    let mut state = owned.state.clone();
     let mut down = false;
     loop {
         if state.changed().await.is_err() {
@@ -370,7 +379,9 @@ async fn render_events(
                 None
             }
             Event::Ready { service, after } => {
-                spinner.take().map(Spinner::finish);
+                if let Some(spinner) = spinner.take() {
+                    spinner.finish();
+                }
                 ready += 1;
                 let ms = after.as_millis();
                 if ready == expected {
@@ -381,7 +392,9 @@ async fn render_events(
                 Some(format!("{service} ready after {ms} ms"))
             }
             Event::Failed { service, reason } => {
-                spinner.take().map(Spinner::finish);
+                if let Some(spinner) = spinner.take() {
+                    spinner.finish();
+                }
                 Some(paint(out.color, ERROR, &format!("{service} failed: {reason}")))
             }
             Event::Exited { service, status, .. } => {
@@ -407,7 +420,9 @@ async fn render_events(
             }
         }
     }
-    spinner.map(Spinner::finish);
+    if let Some(spinner) = spinner {
+        spinner.finish();
+    }
 }
 
 /// In the sandbox, once every service is ready: one webhook POSTed to rest-api,

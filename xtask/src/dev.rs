@@ -91,8 +91,11 @@ async fn pipeline(
     let selected = manifest.select(&args.only)?;
     mesh_supervisor::check_selected_paths(&manifest, &selected)?;
 
-    let tunnel =
-        if config.tunnel.enabled { Some(open_tunnel(args, ctx, &config).await?) } else { None };
+    let tunnel = if config.tunnel.enabled {
+        Some(open_tunnel(args, ctx, &config, sandbox.is_some()).await?)
+    } else {
+        None
+    };
     let result = async {
         prove_redis(ctx, &config, tunnel.as_ref()).await?;
         run_services(args, ctx, &config, manifest, tunnel.as_ref(), sandbox).await
@@ -160,6 +163,8 @@ struct OwnedTunnel {
     guard: control::ControlGuard,
     /// The engine's state, for the outage and recovery lines.
     state: watch::Receiver<State>,
+    /// Removed after closing when the tunnel only existed for a sandbox.
+    throwaway_state: Option<PathBuf>,
 }
 
 impl DevTunnel {
@@ -167,12 +172,22 @@ impl DevTunnel {
         if let DevTunnel::Owned(owned) = self {
             owned.shared.shutdown_now().await;
             drop(owned.guard);
+            if let Some(dir) = owned.throwaway_state {
+                if let Err(err) = std::fs::remove_dir_all(&dir) {
+                    ctx.out.warn(&format!("could not remove {}: {err}", dir.display()));
+                }
+            }
             ctx.out.say(&paint(ctx.out.color, DIM, "tunnel closed"));
         }
     }
 }
 
-async fn open_tunnel(args: &DevArgs, ctx: &Context, config: &Config) -> anyhow::Result<DevTunnel> {
+async fn open_tunnel(
+    args: &DevArgs,
+    ctx: &Context,
+    config: &Config,
+    sandbox: bool,
+) -> anyhow::Result<DevTunnel> {
     let bastion = config.require_bastion()?;
     let root = control::StateRoot::from_config(config);
     let id = control::TunnelId::new(&bastion.host, bastion.port, &bastion.user, &config.forwards);
@@ -211,7 +226,9 @@ async fn open_tunnel(args: &DevArgs, ctx: &Context, config: &Config) -> anyhow::
     let record = TunnelRecord::new(&state_dir, &spec);
     let guard = control::serve_control(shared.clone(), lock, record.clone()).await?;
     crate::tunnel::say_up(ctx, &state_dir, &record);
-    Ok(DevTunnel::Owned(Box::new(OwnedTunnel { shared, guard, state })))
+    // A sandbox's tunnel (a random bastion port) is never seen again: leave no state.
+    let throwaway_state = sandbox.then(|| state_dir.dir.clone());
+    Ok(DevTunnel::Owned(Box::new(OwnedTunnel { shared, guard, state, throwaway_state })))
 }
 
 /// A Redis PING through the forward (with AUTH when configured).

@@ -145,6 +145,10 @@ fn dev_sandbox_moves_an_event_end_to_end_and_leaves_nothing() {
     let left: Vec<u32> = children.into_iter().filter(|p| alive(*p)).collect();
     assert!(left.is_empty(), "processes left: {left:?}");
     assert!(!sandbox_dir.exists(), "{} left behind", sandbox_dir.display());
+    let state: Vec<_> = std::fs::read_dir(tmp.path().join("state"))
+        .map(|dir| dir.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(state.is_empty(), "tunnel state left behind: {state:?}");
     for port in [&rest_port, &redis_port] {
         assert!(TcpStream::connect(format!("127.0.0.1:{port}")).is_err(), "port {port} still open");
     }

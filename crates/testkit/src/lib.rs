@@ -8,6 +8,15 @@
 //! A binary the tests need but that is missing is a test failure naming the install command
 //! ([`require`]), never a silent pass.
 //!
+//! - [`RedisServer`]: `requirepass`, ACL users, TLS with a throwaway CA (TLS-only by default),
+//!   cluster mode, `cli()` through `REDISCLI_AUTH`, stop/start on the same port, freeze/thaw.
+//! - [`Sshd`]: ed25519/ECDSA/RSA host keys, a user key, `authorized_keys`, `known_hosts`
+//!   (also one-type and hashed variants), stop/start with the same keys, freeze/thaw; runs
+//!   as root (CI) or as the current user. Sessions skip `~/.bashrc` (`SetEnv SHLVL=1`).
+//! - [`NetNs`] and [`Link`] (root only): a VPC shape where Redis is reachable only from the
+//!   bastion's namespace, and a link that can be cut silently and restored.
+//! - [`StateDir`]: the `XTASK_STATE_DIR` every test sets; [`free_port`]; [`generate_key`].
+//!
 //! ```no_run
 //! use mesh_testkit::{RedisServer, Sshd, StateDir};
 //!

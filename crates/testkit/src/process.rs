@@ -148,17 +148,56 @@ fn freeze_tree(root: Pid) -> Vec<Pid> {
     }
 }
 
+/// Kills every process whose environment holds `key=value`, and returns how many: the
+/// processes a server started that then left its tree (sshd leaves a session's command
+/// running, reparented to init, when the client goes away). Each is stopped first, so none
+/// forks past the scan.
+pub fn kill_by_env(key: &str, value: &str) -> usize {
+    let wanted = format!("{key}={value}").into_bytes();
+    let mut marked: Vec<Pid> = Vec::new();
+    loop {
+        let found: Vec<Pid> =
+            pids().filter(|pid| !marked.contains(pid) && has_env(*pid, &wanted)).collect();
+        if found.is_empty() {
+            break;
+        }
+        for &pid in &found {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGSTOP);
+        }
+        marked.extend(found);
+    }
+    for &pid in &marked {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+    }
+    marked.len()
+}
+
+fn has_env(pid: Pid, wanted: &[u8]) -> bool {
+    // Unreadable (another user's process, or gone): not one of ours.
+    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    environ.split(|&byte| byte == 0).any(|entry| entry == wanted)
+}
+
+/// Every process id, from /proc; ours is left out.
+fn pids() -> impl Iterator<Item = Pid> {
+    let me = std::process::id() as i32;
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(move |&pid| pid != me)
+        .map(Pid::from_raw)
+}
+
 /// Every process's (pid, parent pid), from /proc.
 fn parent_map() -> Vec<(Pid, Pid)> {
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+    pids()
         .filter_map(|pid| {
             let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             // The command name is in parentheses and may hold spaces: read after the last ')'.
             let after_name = &stat[stat.rfind(')')? + 1..];
             let ppid = after_name.split_whitespace().nth(1)?.parse::<i32>().ok()?;
-            Some((Pid::from_raw(pid), Pid::from_raw(ppid)))
+            Some((pid, Pid::from_raw(ppid)))
         })
         .collect()
 }

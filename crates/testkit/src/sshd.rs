@@ -11,9 +11,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::process::{
-    log_len, log_since, run_checked, tail, wait_for_text, wait_ready, NotReady, Running,
+    kill_by_env, log_len, log_since, run_checked, tail, wait_for_text, wait_ready, NotReady,
+    Running,
 };
 use crate::{current_user, free_port, require, NetNs};
+
+/// Set in every session's environment (to the server's temp dir) to find its processes.
+const SESSION_MARKER: &str = "MESH_TESTKIT_SSHD";
 
 /// The privilege-separation directory Debian's sshd wants when it runs as root.
 const PRIVSEP_DIR: &str = "/run/sshd";
@@ -162,6 +166,8 @@ impl SshdBuilder {
 
     /// Adds `sshd_config` lines, e.g. `MaxAuthTries 2`. They go before the testkit's defaults,
     /// so they win (sshd keeps a keyword's first value); from a `Match` line on, at the end.
+    /// A `SetEnv` of your own replaces the testkit's, which makes sessions read `~/.bashrc`
+    /// and lets a session's command outlive [`Sshd::stop`].
     pub fn extra_config(mut self, lines: &str) -> Self {
         self.extra_config.push_str(lines);
         self.extra_config.push('\n');
@@ -403,7 +409,8 @@ impl Sshd {
     pub fn stop(&mut self) {
         if let Some(mut process) = self.process.take() {
             process.kill();
-            tracing::debug!(port = self.port, "sshd stopped");
+            let strays = kill_by_env(SESSION_MARKER, &self.dir.path().to_string_lossy());
+            tracing::debug!(port = self.port, strays, "sshd stopped");
         }
     }
 
@@ -480,8 +487,9 @@ impl Sshd {
         );
         // Bash reads ~/.bashrc for a command run over ssh only as a top-level shell (SHLVL
         // below 2). A developer's rc (pyenv, conda) can take seconds, or a minute when a killed
-        // session left its lock behind, so test sessions skip it.
-        text.push_str("SetEnv SHLVL=1\n");
+        // session left its lock behind, so test sessions skip it. The marker finds session
+        // commands that outlive their session, so that stop() can end them.
+        let _ = writeln!(text, "SetEnv SHLVL=1 \"{SESSION_MARKER}={}\"", dir.display());
         text.push_str(matches);
         text
     }

@@ -369,12 +369,24 @@ fn servers_die_when_the_test_process_is_killed() {
     }
 }
 
+/// Processes whose command line is exactly `words`.
+fn processes_running(words: &[&str]) -> Vec<String> {
+    let wanted = words.join("\0") + "\0";
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted.as_bytes())
+        })
+        .collect()
+}
+
 #[test]
 fn frozen_sshd_leaves_keepalives_unanswered_until_thawed() {
     let sshd = Sshd::builder().host_key_types(&[KeyType::Ed25519]).start();
     let mut session = sshd
         .ssh_command()
-        .args(["-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=2", "sleep 60"])
+        .args(["-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=2", "sleep 61"])
         .spawn()
         .expect("start ssh session");
     std::thread::sleep(Duration::from_secs(1));
@@ -397,6 +409,12 @@ fn frozen_sshd_leaves_keepalives_unanswered_until_thawed() {
 
     let output = run(sshd.ssh_command().arg("true"));
     assert!(output.status.success(), "after thaw: {}", describe(&output, &sshd));
+
+    // The session's `sleep` outlived its client (sshd does not end a command whose client
+    // left); dropping the server must still end it.
+    drop(sshd);
+    let strays = processes_running(&["sleep", "61"]);
+    assert!(strays.is_empty(), "session commands outlived the server: {strays:?}");
 }
 
 #[test]

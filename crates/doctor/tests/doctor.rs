@@ -323,6 +323,8 @@ async fn all_green_against_real_sshd_redis_and_moto_with_the_json_shape() {
     ] {
         assert_eq!(category(&report, c).severity, Severity::Ok, "{c:?}");
     }
+    assert!(find(&report, Category::Redis, "server").message.starts_with("redis "));
+    assert_eq!(find(&report, Category::Redis, "tls").message, "off");
     let ping = find(&report, Category::Redis, "ping");
     assert!(ping.message.starts_with("PONG in "), "{}", ping.message);
     assert!(
@@ -403,4 +405,24 @@ async fn silent_bastion_costs_one_timeout_not_a_sum() {
     );
     assert!(elapsed < timeout * 2, "took {elapsed:?} for a 1 s timeout");
     assert!(elapsed < options.deadline());
+}
+
+#[tokio::test]
+async fn wrong_redis_password_fails_the_redis_line_only() {
+    let servers = Servers::start();
+    let mut fixture = Fixture::new();
+    servers.configure(&mut fixture);
+    fixture.set("REDIS_PASSWORD", "not-the-password");
+
+    let report = fixture.run(fixture.options()).await;
+    assert_eq!(category(&report, Category::Bastion).severity, Severity::Ok);
+    let ping = find(&report, Category::Redis, "ping");
+    assert_eq!(ping.severity, Severity::Fail);
+    assert!(
+        ping.message.contains("WRONGPASS") || ping.message.contains("password"),
+        "{}",
+        ping.message
+    );
+    assert!(ping.message.ends_with("(through the doctor's tunnel)"), "{}", ping.message);
+    assert!(!serde_json::to_string(&report).unwrap().contains("not-the-password"));
 }

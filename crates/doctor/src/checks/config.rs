@@ -57,7 +57,8 @@ fn env_file(env: &Env<'_>) -> Check {
         Check::warn(".env", message, fix)
             .with_auto_fix(Fix::CopyEnvExample { from: example, to: dotenv })
     } else {
-        Check::warn(".env", message, "create .env with the variables DESIGN.md lists")
+        let fix = "create .env at the workspace root with BASTION_HOST_IP and ELASTICACHE_ENDPOINT";
+        Check::warn(".env", message, fix)
     }
 }
 

@@ -1,10 +1,9 @@
 //! Redis: PING with AUTH through the running tunnel, or through the doctor's
 //! own short-lived one, and what the answer says (TLS required, wrong password).
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
-use mesh_tunnel::PingError;
+use mesh_probe::{InfoReport, NoTunnel, Target};
 
 use crate::checks::port::RunningTunnel;
 use crate::checks::{needs_config, not_quick};
@@ -30,84 +29,62 @@ pub(crate) async fn check(
     };
     let through_session = session.as_ref().and_then(|tunnel| {
         let addr = tunnel.local_addrs().into_iter().find(|(name, _)| name == "redis")?.1;
-        Some((addr, "through the doctor's tunnel".to_string()))
+        Some((Some(addr), "through the doctor's tunnel".to_string()))
     });
     let (addr, route) = match (running, through_session) {
-        (Some(tunnel), _) => (tunnel.addr, format!("through our tunnel ({})", tunnel.owner)),
+        (Some(tunnel), _) => (Some(tunnel.addr), format!("through our tunnel ({})", tunnel.owner)),
         (None, Some(found)) => found,
         (None, None) if crate::checks::config::tunnel_turned_off(config) => {
-            let Some(addr) = resolve(&redis.host, redis.port).await else {
-                let message = format!("cannot resolve the endpoint {}", redis.host);
-                let check = Check::fail("address", message, "check ELASTICACHE_ENDPOINT");
-                return CategoryReport::new(Category::Redis, "cannot resolve", vec![check]);
-            };
-            (addr, "directly (no tunnel)".to_string())
+            (None, "directly (no tunnel)".to_string())
         }
         (None, None) => {
             let why = "not checked: no tunnel to reach it through (see Bastion)";
             return CategoryReport::skipped(Category::Redis, why);
         }
     };
-    if redis.tls {
-        // FIXME: the TLS handshake (with the endpoint's name) belongs to the probe
-        // crate, which is not integrated yet; until then a TLS endpoint is not pinged
-        // and a wrong certificate or server name shows up only in `dev`.
-        let check = Check::warn(
-            "ping",
-            format!("TLS is on; the doctor cannot ping a TLS endpoint yet ({route})"),
-            "run `cargo xtask redis ping` to check it",
-        );
-        return CategoryReport::new(Category::Redis, check.message.clone(), vec![check]);
-    }
+    let mut target = match addr {
+        None => Target::from_config(redis, config.tunnel.bind, true, false),
+        Some(addr) => Target::from_config(redis, config.tunnel.bind, false, false).via(addr),
+    };
+    target.timeout = env.options.timeout;
     let started = Instant::now();
-    let password = redis.password.as_ref();
-    let check = match mesh_tunnel::redis_ping(addr, redis.username.as_deref(), password).await {
-        Ok(rtt) => Check::ok(
-            "ping",
-            format!(
-                "PONG in {:.1} ms {route}{}",
-                rtt.as_secs_f64() * 1000.0,
-                auth_note(password.is_some())
-            ),
-        ),
-        Err(error) => classify(error, &route),
+    let checks = match mesh_probe::info(&target, &NoTunnel).await {
+        Ok(info) => described(&info, &route, redis.password.is_some()),
+        Err(error) => vec![Check::fail("ping", format!("{error} ({route})"), "")],
     };
-    let check = check.took(started.elapsed());
-    let summary = if check.severity == crate::Severity::Ok {
+    let checks: Vec<Check> = checks.into_iter().map(|c| c.took(started.elapsed())).collect();
+    let summary = if checks.iter().all(|c| c.severity == crate::Severity::Ok) {
         format!("{}:{} answers {route}", redis.host, redis.port)
+    } else if checks[0].severity == crate::Severity::Ok {
+        format!("{}:{} answers {route}, with warnings", redis.host, redis.port)
     } else {
-        format!("{}:{} does not answer", redis.host, redis.port)
+        format!("{}:{} does not answer {route}", redis.host, redis.port)
     };
-    CategoryReport::new(Category::Redis, summary, vec![check])
+    CategoryReport::new(Category::Redis, summary, checks)
 }
 
-fn auth_note(auth: bool) -> &'static str {
-    if auth {
-        ", AUTH accepted"
-    } else {
-        ""
+/// What a successful INFO says: the round trip, the server, TLS, and any warnings
+/// (a cluster whose nodes the forward cannot reach, a secret with whitespace).
+fn described(info: &InfoReport, route: &str, auth: bool) -> Vec<Check> {
+    let auth = if auth { ", AUTH accepted" } else { "" };
+    let version = info.version.as_deref().unwrap_or("of unknown version");
+    let role = info.role.as_deref().map(|r| format!(", {r}")).unwrap_or_default();
+    let mut checks = vec![
+        Check::ok("ping", format!("PONG in {:.1} ms {route}{auth}", info.ping_rtt_ms)),
+        Check::ok("server", format!("{} {version} ({}{role})", info.server, info.mode)),
+        Check::ok("tls", info.tls.describe(&info.endpoint)),
+    ];
+    if let Some(cluster) = info.cluster.as_ref().filter(|c| c.unreachable > 0) {
+        let message = format!(
+            "cluster mode: {} of {} announced nodes are not reachable through the forward, so \
+             MOVED replies will fail",
+            cluster.unreachable,
+            cluster.nodes.len()
+        );
+        let fix = "use the cluster's configuration endpoint with a client that remaps \
+                   addresses, or forward each node (TUNNEL_EXTRA_FORWARDS)";
+        checks.push(Check::warn("cluster", message, fix));
     }
-}
-
-fn classify(error: PingError, route: &str) -> Check {
-    let message = format!("{error} ({route})");
-    let fix = match &error {
-        PingError::Closed { .. } => {
-            "if the endpoint requires TLS (ElastiCache Serverless always does), set \
-             REDIS_TLS_ENABLED=true; otherwise see the Bastion line"
-        }
-        PingError::Auth { .. } => {
-            "check REDIS_USERNAME and REDIS_PASSWORD (a trailing newline counts)"
-        }
-        PingError::Reply { reply, .. } if reply.contains("NOAUTH") => {
-            "the server wants a password: set REDIS_PASSWORD"
-        }
-        PingError::Timeout { .. } => "check the endpoint's security group and that the cache is up",
-        _ => "check the tunnel (`cargo xtask tunnel status`) and the endpoint",
-    };
-    Check::fail("ping", message, fix)
-}
-
-async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
-    tokio::net::lookup_host((host, port)).await.ok()?.next()
+    checks.extend(info.warnings.iter().map(|w| Check::warn("warning", w.clone(), "")));
+    checks
 }

@@ -29,7 +29,7 @@ pub struct DoctorArgs {
     /// Only the local checks `dev` runs first: no bastion, Redis or AWS call.
     #[arg(long)]
     quick: bool,
-    /// Bound each check by this long (`5s`, `1500ms`); the whole run by three times it.
+    /// Bound each check by this long (`5s`, `1500ms`); the whole run by four times it.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
 }
@@ -187,4 +187,56 @@ fn parse_duration(raw: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(value * scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_doctor::{Category, CategoryReport, Check, Fix};
+
+    fn sample() -> Report {
+        let key = Check::fail("mode", "/k has mode 0644: others can read it", "chmod 600 /k")
+            .with_auto_fix(Fix::KeyMode { path: "/k".into() });
+        let categories = vec![
+            CategoryReport::new(
+                Category::Tools,
+                "redis-cli 7.0.15",
+                vec![Check::ok("redis-cli", "7.0.15")],
+            ),
+            CategoryReport::new(Category::SshKey, "/k", vec![Check::ok("type", "ed25519"), key]),
+            CategoryReport::skipped(Category::Aws, "not checked: the sandbox needs no AWS"),
+        ];
+        Report::new(categories, Duration::from_millis(1200))
+    }
+
+    #[test]
+    fn report_shows_one_line_per_category_and_each_problem_with_its_fix() {
+        assert_eq!(
+            render(&sample(), false, false),
+            "\
+[✓] Tools    redis-cli 7.0.15
+[✗] SSH key  /k
+    ✗ mode: /k has mode 0644: others can read it
+      fix: chmod 600 /k (--fix does this)
+[-] AWS      not checked: the sandbox needs no AWS
+
+1 problem(s) block the workflow, 0 worth fixing (1.2s)
+"
+        );
+    }
+
+    #[test]
+    fn verbose_report_shows_every_check() {
+        let text = render(&sample(), true, false);
+        assert!(text.contains("    ✓ redis-cli: 7.0.15  (0 ms)\n"), "{text}");
+        assert!(text.contains("    ✓ type: ed25519  (0 ms)\n"), "{text}");
+    }
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("soon").is_err());
+    }
 }

@@ -81,10 +81,12 @@ impl Default for Options {
 }
 
 impl Options {
-    /// The bound of the whole run: a session (connect and authentication), then a
-    /// channel or a PING through it, plus slack. Never a sum over every check.
+    /// The bound of the whole run: the longest chain is the bastion (a TCP probe,
+    /// then connect and authentication, then a channel per forward) followed by
+    /// Redis through its session; everything else runs beside it. A dropped
+    /// packet costs one timeout; this is only the safety net.
     pub fn deadline(&self) -> Duration {
-        self.timeout * 3 + Duration::from_secs(1)
+        self.timeout * 4 + Duration::from_secs(1)
     }
 }
 

@@ -426,3 +426,59 @@ async fn wrong_redis_password_fails_the_redis_line_only() {
     assert!(ping.message.ends_with("(through the doctor's tunnel)"), "{}", ping.message);
     assert!(!serde_json::to_string(&report).unwrap().contains("not-the-password"));
 }
+
+/// A tunnel's control socket answering `status` with a fixed state.
+struct FakeTunnel(serde_json::Value);
+
+impl mesh_tunnel::control::ControlTarget for FakeTunnel {
+    async fn status(&self) -> serde_json::Value {
+        self.0.clone()
+    }
+    async fn health(&self) -> mesh_tunnel::control::HealthReply {
+        mesh_tunnel::control::HealthReply { ok: true, latency_ms: Some(1.0), detail: "PONG".into() }
+    }
+    async fn shutdown(&self) {}
+}
+
+#[tokio::test]
+async fn port_held_by_our_own_tunnel_reports_its_health() {
+    use mesh_tunnel::control::{serve_control, RecordedForward, StateRoot, TunnelId, TunnelRecord};
+
+    let mut fixture = Fixture::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    fixture
+        .set("BASTION_HOST_IP", "127.0.0.1")
+        .set("ELASTICACHE_ENDPOINT", "10.0.0.5:6379")
+        .set("REDIS_TUNNEL_PORT", port);
+    let config = mesh_doctor::Doctor::new(fixture.load(), fixture.options());
+    let forwards = config.config().unwrap().forwards.clone();
+    let root = StateRoot { dir: fixture.state.path().to_path_buf(), runtime_dir: None };
+    let state = root.tunnel(&TunnelId::new("127.0.0.1", 22, "ec2-user", &forwards));
+    let record = TunnelRecord {
+        id: state.id.to_string(),
+        bastion_host: "127.0.0.1".into(),
+        bastion_port: 22,
+        bastion_user: "ec2-user".into(),
+        forwards: forwards.iter().map(RecordedForward::from).collect(),
+        bind_addrs: vec!["127.0.0.1".parse().unwrap()],
+        socket: state.socket.clone(),
+        pid: std::process::id(),
+        started_at: 0,
+        exe: None,
+    };
+    let status = serde_json::json!({ "state": "reconnecting", "attempt": 2, "reason": "no answer to keepalives" });
+    let guard =
+        serve_control(std::sync::Arc::new(FakeTunnel(status)), state.lock().unwrap(), record)
+            .await
+            .unwrap();
+
+    let report = fixture.run(Options { quick: true, ..fixture.options() }).await;
+    let check = find(&report, Category::Tunnel, &format!("redis port {port}"));
+    assert_eq!(check.severity, Severity::Warn);
+    assert_eq!(
+        check.message,
+        format!("held by our tunnel (pid {}), reconnecting", std::process::id())
+    );
+    drop(guard);
+}

@@ -22,6 +22,7 @@ const MAX_KEYS_OFFERED: usize = 5;
 #[derive(Clone)]
 pub(crate) struct Credentials {
     key: Option<(PathBuf, Arc<PrivateKey>)>,
+    agent: Option<PathBuf>,
 }
 
 impl Credentials {
@@ -30,7 +31,7 @@ impl Credentials {
             Some(path) => Some((path.clone(), Arc::new(load_key(path, spec)?))),
             None => None,
         };
-        Ok(Credentials { key })
+        Ok(Credentials { key, agent: spec.agent.clone() })
     }
 }
 
@@ -123,11 +124,13 @@ pub(crate) async fn authenticate(
         ));
     }
 
-    if std::env::var_os("SSH_AUTH_SOCK").is_some() {
-        match agent_auth(handle, target, credentials, &mut tried).await {
+    if let Some(socket) = &credentials.agent {
+        match agent_auth(handle, target, socket, credentials, &mut tried).await {
             Ok(true) => return Ok(()),
             Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "ssh-agent unusable, skipped"),
+            Err(e) => {
+                tracing::warn!(socket = %socket.display(), error = %e, "ssh-agent unusable, skipped")
+            }
         }
     }
 
@@ -149,10 +152,11 @@ pub(crate) async fn authenticate(
 async fn agent_auth(
     handle: &mut Handle<Client>,
     target: &Target,
+    socket: &Path,
     credentials: &Credentials,
     tried: &mut Vec<String>,
 ) -> Result<bool, russh::Error> {
-    let mut agent = AgentClient::connect_env().await?;
+    let mut agent = AgentClient::connect_uds(socket).await?;
     let identities = agent.request_identities().await?;
     let file_key = credentials.key.as_ref().map(|(_, k)| k.public_key().key_data().clone());
     for identity in identities {

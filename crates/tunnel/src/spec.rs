@@ -25,6 +25,8 @@ pub struct TunnelSpec {
     pub passphrase: Option<Secret>,
     /// May ask for a passphrase on the terminal; defaults to whether stdin is one.
     pub interactive: bool,
+    /// The ssh-agent socket, tried after the key file; defaults to `SSH_AUTH_SOCK`.
+    pub agent: Option<PathBuf>,
     pub known_hosts: PathBuf,
     /// Record an unknown host key instead of refusing it (trust on first use, explicit).
     pub accept_new: bool,
@@ -58,6 +60,7 @@ impl TunnelSpec {
             key_file: None,
             passphrase: None,
             interactive: std::io::IsTerminal::is_terminal(&std::io::stdin()),
+            agent: std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty()).map(PathBuf::from),
             known_hosts: expand_home("~/.ssh/known_hosts"),
             accept_new: false,
             ssh_config: Some(expand_home("~/.ssh/config")),

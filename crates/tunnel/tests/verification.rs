@@ -292,3 +292,61 @@ async fn unreachable_bastion_is_named_apart_from_the_endpoint() {
     let message = err.to_string();
     assert!(message.starts_with(&format!("cannot reach the bastion 127.0.0.1:{}", spec.port)));
 }
+
+/// A private ssh-agent holding `keys`, stopped on drop.
+struct Agent {
+    _process: mesh_testkit::process::Running,
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn agent_with(keys: &[&Path]) -> Agent {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let mut command = Command::new(require("ssh-agent"));
+    command.arg("-D").arg("-a").arg(&socket).stdout(std::process::Stdio::null());
+    let process = mesh_testkit::process::Running::spawn(command).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "ssh-agent did not create its socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for key in keys {
+        let added = Command::new(require("ssh-add"))
+            .arg(key)
+            .env("SSH_AUTH_SOCK", &socket)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(added.status.success(), "ssh-add: {}", String::from_utf8_lossy(&added.stderr));
+    }
+    Agent { _process: process, socket, _dir: dir }
+}
+
+#[tokio::test]
+async fn agent_key_authenticates_when_no_key_file_is_set() {
+    let (sshd, redis) = servers(&[KeyType::Ed25519]);
+    let agent = agent_with(&[&sshd.user_key().private_path]);
+    let mut spec = spec(&sshd, vec![forward_to(redis.port())]);
+    spec.key_file = None;
+    spec.agent = Some(agent.socket.clone());
+    start(spec).await.expect("the agent's key is accepted").shutdown().await;
+}
+
+#[tokio::test]
+async fn many_agent_keys_are_capped_below_max_auth_tries() {
+    let (sshd, redis) = servers(&[KeyType::Ed25519]);
+    let dir = tempfile::tempdir().unwrap();
+    let strangers: Vec<_> =
+        (0..7).map(|_| generate_key(dir.path(), KeyType::Ed25519, None).private_path).collect();
+    let paths: Vec<&Path> = strangers.iter().map(|p| p.as_path()).collect();
+    let agent = agent_with(&paths);
+    let mut spec = spec(&sshd, vec![forward_to(redis.port())]);
+    spec.key_file = None;
+    spec.agent = Some(agent.socket.clone());
+
+    let err = start(spec).await.err().expect("no agent key is authorized");
+    let TunnelError::AuthRejected { tried, .. } = &err else { panic!("{err:?}") };
+    assert_eq!(tried.len(), 5, "{tried:?}");
+    assert!(!sshd.log().contains("Too many authentication failures"), "sshd locked us out");
+}

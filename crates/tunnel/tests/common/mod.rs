@@ -39,6 +39,7 @@ pub fn spec(sshd: &Sshd, forwards: Vec<Forward>) -> TunnelSpec {
     spec.user = sshd.user().to_string();
     spec.key_file = Some(sshd.user_key().private_path.clone());
     spec.known_hosts = sshd.known_hosts().to_path_buf();
+    spec.agent = None;
     spec.ssh_config = None;
     spec.interactive = false;
     spec.keepalive_interval = Duration::from_secs(1);

@@ -58,41 +58,35 @@ impl Context {
         Ok(Context { root, cwd, global, out })
     }
 
-    /// Loads the configuration from these env files with this sandbox layer
-    /// (empty outside the sandbox), and prints its warnings.
-    fn load(
+    /// What `mesh_config::load` reads: these env files, this sandbox layer
+    /// (empty outside the sandbox), the `--set` flags and the shell.
+    pub fn load_options(
         &self,
         env_files: Vec<PathBuf>,
         sandbox: Vec<(String, String)>,
-    ) -> anyhow::Result<mesh_config::Config> {
-        let options = mesh_config::LoadOptions {
+    ) -> mesh_config::LoadOptions {
+        mesh_config::LoadOptions {
             root: self.root.clone(),
             cwd: self.cwd.clone(),
             env_files,
             flags: self.global.set.clone(),
             sandbox,
             shell: std::env::vars().collect(),
-        };
-        let config = mesh_config::load(&options)?;
+        }
+    }
+
+    /// Loads the configuration and prints its warnings.
+    pub fn load(&self, options: &mesh_config::LoadOptions) -> anyhow::Result<mesh_config::Config> {
+        let config = mesh_config::load(options)?;
         for finding in &config.warnings {
             self.out.warn(&finding.to_string());
         }
         Ok(config)
     }
 
-    /// The sandbox's configuration: its own env file instead of the user's
-    /// (which is never read), its values winning over the shell's.
-    pub fn config_for_sandbox(
-        &self,
-        env_file: &std::path::Path,
-        sandbox: Vec<(String, String)>,
-    ) -> anyhow::Result<mesh_config::Config> {
-        self.load(vec![env_file.to_path_buf()], sandbox)
-    }
-
     /// Loads the configuration from flags, the shell and the env files.
     pub fn config(&self) -> anyhow::Result<mesh_config::Config> {
-        self.load(self.global.env_files.clone(), Vec::new())
+        self.load(&self.load_options(self.global.env_files.clone(), Vec::new()))
     }
 }
 

@@ -83,13 +83,19 @@ async fn pipeline(
     ctx: &Context,
     sandbox: Option<&mesh_sandbox::Sandbox>,
 ) -> anyhow::Result<ExitCode> {
-    let config = match sandbox {
-        Some(sandbox) => ctx.config_for_sandbox(sandbox.env_file(), sandbox_layer(sandbox))?,
-        None => ctx.config()?,
+    let load = match sandbox {
+        Some(sandbox) => {
+            ctx.load_options(vec![sandbox.env_file().to_path_buf()], sandbox_layer(sandbox))
+        }
+        None => ctx.load_options(ctx.global.env_files.clone(), Vec::new()),
     };
+    let config = ctx.load(&load)?;
     let manifest = load_manifest(args, ctx, &config, sandbox)?;
     let selected = manifest.select(&args.only)?;
     mesh_supervisor::check_selected_paths(&manifest, &selected)?;
+    if !args.skip_checks {
+        quick_checks(args, ctx, load, sandbox.is_some()).await?;
+    }
 
     let tunnel = if config.tunnel.enabled {
         Some(open_tunnel(args, ctx, &config, sandbox.is_some()).await?)
@@ -105,6 +111,41 @@ async fn pipeline(
         tunnel.close(ctx).await;
     }
     result
+}
+
+/// The doctor's local checks (configuration, tools, key, ports, services); a
+/// `[✗]` stops `dev` with the doctor's report and fixes.
+async fn quick_checks(
+    args: &DevArgs,
+    ctx: &Context,
+    load: mesh_config::LoadOptions,
+    sandbox: bool,
+) -> anyhow::Result<()> {
+    let options = mesh_doctor::Options {
+        sandbox,
+        // The sandbox's stand-ins are this binary: nothing of the manifest to check.
+        services: !sandbox,
+        manifest: args.manifest.as_ref().map(|p| ctx.cwd.join(p)),
+        ..mesh_doctor::Options::default()
+    };
+    let spinner = Spinner::start(ctx, "checking prerequisites");
+    let report = mesh_doctor::quick(load, options).await;
+    spinner.finish();
+    if !report.ok {
+        eprint!("{}", crate::doctor::render(&report, ctx.global.verbose > 0, ctx.out.color));
+        bail!(
+            "the checks above found what would stop `dev`: apply their fixes (`cargo xtask \
+             doctor --fix` does the safe ones), or pass --skip-checks to start anyway"
+        );
+    }
+    let warnings =
+        report.checks().filter(|(_, c)| c.severity == mesh_doctor::Severity::Warn).count();
+    let note = match warnings {
+        0 => "checks: all passed".to_string(),
+        n => format!("checks: passed, {n} warning(s): `cargo xtask doctor` shows them"),
+    };
+    ctx.out.say(&paint(ctx.out.color, DIM, &note));
+    Ok(())
 }
 
 /// The sandbox's values, plus blanks for every variable that could point the

@@ -68,14 +68,7 @@ pub fn run(args: DoctorArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
 
 /// One doctor run, with a spinner on a terminal while the checks run.
 fn check(args: &DoctorArgs, ctx: &Context) -> anyhow::Result<Report> {
-    let load = mesh_config::LoadOptions {
-        root: ctx.root.clone(),
-        cwd: ctx.cwd.clone(),
-        env_files: ctx.global.env_files.clone(),
-        flags: ctx.global.set.clone(),
-        sandbox: Vec::new(),
-        shell: std::env::vars().collect(),
-    };
+    let load = ctx.load_options(ctx.global.env_files.clone(), Vec::new());
     let terminal = std::io::stderr().is_terminal() && !ctx.out.json && !ctx.out.quiet;
     let options = Options {
         sandbox: args.sandbox,

@@ -33,3 +33,44 @@ fn fail_default_manifest_without_checkout_says_how_to_set_mesh_root() {
         )
     );
 }
+
+#[test]
+fn fail_doctor_blocker_stops_dev_before_anything_starts() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("bastion.pem");
+    std::fs::write(&key, "not really a key\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(
+        dir.path().join("dev.env"),
+        format!(
+            "BASTION_HOST_IP=127.0.0.1\nBASTION_KEY_FILE={}\nELASTICACHE_ENDPOINT=cache.internal\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("services.toml"),
+        "[services.app]\ncommand = [\"sleep\", \"30\"]\ncwd = \".\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(dir.path())
+        .args(["--env-file", "dev.env", "dev", "--manifest", "services.toml"])
+        .env("XTASK_STATE_DIR", dir.path().join("state"))
+        .env("HOME", dir.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("chmod 600 {}", key.display())), "{stderr}");
+    assert!(
+        stderr.ends_with(
+            "error: the checks above found what would stop `dev`: apply their fixes (`cargo \
+             xtask doctor --fix` does the safe ones), or pass --skip-checks to start anyway\n"
+        ),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("tunnel"));
+}

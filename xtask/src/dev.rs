@@ -272,40 +272,30 @@ async fn open_tunnel(
     Ok(DevTunnel::Owned(Box::new(OwnedTunnel { shared, guard, state, throwaway_state })))
 }
 
-/// A Redis PING through the forward (with AUTH when configured).
+/// A Redis PING through the forward (with AUTH, and with TLS verified as the
+/// endpoint's name when TLS is on); a failure names its class and fix.
 async fn prove_redis(
     ctx: &Context,
     config: &Config,
     tunnel: Option<&DevTunnel>,
 ) -> anyhow::Result<()> {
     let redis = config.require_redis()?;
-    let (addr, via) = match tunnel {
-        Some(_) => {
-            (std::net::SocketAddr::from(([127, 0, 0, 1], redis.local_port)), "through the tunnel")
-        }
-        None => {
-            let addr = tokio::net::lookup_host((redis.host.as_str(), redis.port))
-                .await
-                .with_context(|| format!("resolve the Redis endpoint {}", redis.host))?
-                .next()
-                .with_context(|| format!("the Redis endpoint {} has no address", redis.host))?;
-            (addr, "directly")
-        }
-    };
-    if redis.tls {
-        // FIXME: the TLS check as the endpoint's name lives in the probe crate and is not
-        // wired here yet, so with TLS on `dev` only says so and gives the services
-        // REDIS_TLS_SKIP_VERIFY=true without having verified the certificate itself.
-        ctx.out.warn("REDIS_TLS_ENABLED=true: the certificate is not verified by `dev` yet");
-        return Ok(());
-    }
-    let rtt = mesh_tunnel::redis_ping(addr, redis.username.as_deref(), redis.password.as_ref())
-        .await
-        .with_context(|| format!("Redis at {addr} did not answer PING {via}"))?;
+    let target =
+        mesh_probe::Target::from_config(redis, config.tunnel.bind, tunnel.is_none(), false);
+    let diagnosis: Box<dyn mesh_probe::TunnelDiagnosis> =
+        match (&target.route, crate::redis::tunnel_socket(config)) {
+            (mesh_probe::Route::Forward(addr), Some(socket)) if tunnel.is_some() => {
+                Box::new(crate::redis::ControlSocket { socket, local_port: addr.port() })
+            }
+            _ => Box::new(mesh_probe::NoTunnel),
+        };
+    let report = mesh_probe::ping(&target, diagnosis.as_ref()).await?;
     ctx.out.say(&format!(
-        "redis: PONG from {} {via} in {:.1} ms",
-        redis.host,
-        rtt.as_secs_f64() * 1e3
+        "redis: PONG from {} via {} in {:.1} ms, TLS {}",
+        report.endpoint,
+        report.via,
+        report.rtt_ms,
+        report.tls.describe(&redis.host)
     ));
     Ok(())
 }

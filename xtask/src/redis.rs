@@ -117,7 +117,7 @@ fn target(
 }
 
 /// The control socket of the tunnel this configuration would run, if a bastion is configured.
-fn tunnel_socket(config: &mesh_config::Config) -> Option<PathBuf> {
+pub(crate) fn tunnel_socket(config: &mesh_config::Config) -> Option<PathBuf> {
     let bastion = config.require_bastion().ok()?;
     let id = mesh_tunnel::control::TunnelId::new(
         &bastion.host,
@@ -130,9 +130,9 @@ fn tunnel_socket(config: &mesh_config::Config) -> Option<PathBuf> {
 
 /// Asks a running tunnel (one JSON line over its control socket) for the last channel error
 /// of the forward on `local_port`.
-struct ControlSocket {
-    socket: PathBuf,
-    local_port: u16,
+pub(crate) struct ControlSocket {
+    pub(crate) socket: PathBuf,
+    pub(crate) local_port: u16,
 }
 
 impl TunnelDiagnosis for ControlSocket {

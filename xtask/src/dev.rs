@@ -315,6 +315,8 @@ async fn run_services(
             format!("127.0.0.1:{}", if tunnel.is_some() { redis.local_port } else { redis.port });
         vars.entry("REDIS_ADDR".into()).or_insert_with(|| local.clone());
         vars.entry("REDIS_ADDRESS".into()).or_insert(local);
+        // The effective TLS setting, also when it came from a `rediss://` endpoint.
+        vars.insert("REDIS_TLS_ENABLED".into(), redis.tls.to_string());
         if redis.tls && tunnel.is_some() {
             vars.insert("REDIS_TLS_SKIP_VERIFY".into(), "true".into());
             ctx.out.warn(

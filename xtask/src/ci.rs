@@ -15,6 +15,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ssh", "openssh-client"),
     ("ssh-keygen", "openssh-client"),
     ("openssl", "openssl"),
+    ("ip", "iproute2"),
+    ("python3", "python3"),
 ];
 
 #[derive(clap::Args, Debug)]
@@ -58,21 +60,7 @@ fn install_missing(sh: &Shell) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let list = missing.join(" ");
-    let is_root = nix_is_root();
-    if !is_root || which::which("apt-get").is_err() {
-        bail!(
-            "the tests need these packages: {list}; install them with \
-             `sudo apt-get update && sudo apt-get install -y {list}` (or run this command as root)"
-        );
-    }
-    eprintln!("installing {list} (missing; running as root)");
-    cmd!(sh, "apt-get update -qq").run().context("apt-get update")?;
-    cmd!(sh, "apt-get install -y -qq --no-install-recommends {missing...}")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .run()
-        .with_context(|| format!("install {list}"))?;
-    Ok(())
+    apt_install(sh, &missing)
 }
 
 /// Finds a binary on PATH or in the sbin directories (sshd lives there).
@@ -132,13 +120,13 @@ fn ensure_aws_venv(sh: &Shell, root: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `apt-get install` as root, or the command to run when not root.
+/// `apt-get install` as root, or an error naming the command when not root.
 fn apt_install(sh: &Shell, packages: &[&str]) -> anyhow::Result<()> {
     let list = packages.join(" ");
     if !nix_is_root() || which::which("apt-get").is_err() {
         bail!(
-            "the AWS tests need {list}: install it with `sudo apt-get install -y {list}` \
-             (or run this command as root)"
+            "the tests need these packages: {list}; install them with \
+             `sudo apt-get update && sudo apt-get install -y {list}` (or run this command as root)"
         );
     }
     eprintln!("installing {list} (missing; running as root)");

@@ -234,7 +234,9 @@ async fn connect_clients(target: &Target, clients: usize) -> Result<Vec<Conn>, P
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..clients {
         let target = target.clone();
-        tasks.spawn(async move { Session::open(&target, &NoTunnel).await.map(Session::into_conn) });
+        tasks.spawn(async move {
+            Session::open(&target, &NoTunnel).await.map(|s| s.into_conn().without_timeouts())
+        });
     }
     let mut conns = Vec::with_capacity(clients);
     while let Some(joined) = tasks.join_next().await {
@@ -268,9 +270,13 @@ async fn run_test(
     let mut tasks = tokio::task::JoinSet::new();
     for conn in conns {
         let shared = (claimed.clone(), done.clone(), template.clone(), stop.clone());
-        let (total, pipeline, keyspace) =
-            (options.requests, options.pipeline.max(1), options.keyspace);
-        tasks.spawn(client_loop(conn, shared, total, pipeline, keyspace.max(1)));
+        let limits = Limits {
+            total: options.requests,
+            pipeline: options.pipeline.max(1),
+            keyspace: options.keyspace.max(1),
+            timeout: target.timeout,
+        };
+        tasks.spawn(client_loop(conn, shared, limits));
     }
     let mut runs = Vec::new();
     let mut failure = None;
@@ -316,14 +322,22 @@ async fn run_test(
 
 type Shared = (Arc<AtomicU64>, Arc<AtomicU64>, Arc<Template>, Arc<AtomicBool>);
 
+/// The fixed parameters of a client loop.
+struct Limits {
+    /// Requests in the test, over all clients.
+    total: u64,
+    pipeline: usize,
+    keyspace: u64,
+    /// The limit on one batch: written and all its replies read.
+    timeout: Duration,
+}
+
 /// Claims `pipeline` requests at a time until `total` are claimed, sends them in one write and
 /// reads their replies, recording each batch's latency for each of its requests.
 async fn client_loop(
     mut conn: Conn,
     (claimed, done, template, stop): Shared,
-    total: u64,
-    pipeline: usize,
-    keyspace: u64,
+    Limits { total, pipeline, keyspace, timeout }: Limits,
 ) -> Result<ClientRun, Failure> {
     let mut histogram = new_histogram();
     let mut rng = fastrand::Rng::new();
@@ -341,8 +355,12 @@ async fn client_loop(
         }
 
         let sent = Instant::now();
-        conn.send(&batch).await?;
-        let outcome = conn.skip_replies(count).await?;
+        let exchange = async {
+            conn.send(&batch).await?;
+            conn.skip_replies(count).await
+        };
+        let outcome =
+            tokio::time::timeout(timeout, exchange).await.map_err(|_| Failure::Timeout)??;
         let micros = sent.elapsed().as_micros() as u64;
         histogram.saturating_record_n(micros.max(1), count as u64);
         errors += outcome.errors as u64;
@@ -401,8 +419,10 @@ impl Template {
         out.extend_from_slice(&self.bytes);
         if let Some(offset) = self.digits_at {
             let mut n = number;
-            for slot in out[at + offset..at + offset + KEY_DIGITS].iter_mut().rev() {
-                *slot = b'0' + (n % 10) as u8;
+            let mut i = at + offset + KEY_DIGITS;
+            while i > at + offset {
+                i -= 1;
+                out[i] = b'0' + (n % 10) as u8;
                 n /= 10;
             }
         }

@@ -141,19 +141,28 @@ pub(crate) struct Conn {
     start: usize,
     /// Whether the server ever sent a byte: a close before that is diagnosed, after it is not.
     received_any: bool,
-    timeout: Duration,
+    /// The limit on each write and read; `None` when the caller bounds a whole exchange itself
+    /// (the load generator: one timer per batch instead of one per system call).
+    timeout: Option<Duration>,
 }
 
 impl Conn {
     fn new(stream: Stream, timeout: Duration) -> Conn {
+        let timeout = Some(timeout);
         Conn { stream, buf: Vec::with_capacity(64 * 1024), start: 0, received_any: false, timeout }
+    }
+
+    /// Stops bounding each read and write; the caller bounds whole exchanges instead.
+    pub fn without_timeouts(mut self) -> Conn {
+        self.timeout = None;
+        self
     }
 
     /// Writes `bytes` in full.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Failure> {
         let received_any = self.received_any;
-        let write = self.stream.write_all(bytes);
-        match timeout(self.timeout, write).await {
+        let write = limited(self.timeout, self.stream.write_all(bytes));
+        match write.await {
             Err(_) => Err(Failure::Timeout),
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) if is_close(&err) => Err(Failure::Closed { received_any }),
@@ -211,7 +220,7 @@ impl Conn {
         }
         self.buf.reserve(16 * 1024);
         let received_any = self.received_any;
-        match timeout(self.timeout, self.stream.read_buf(&mut self.buf)).await {
+        match limited(self.timeout, self.stream.read_buf(&mut self.buf)).await {
             Err(_) => Err(Failure::Timeout),
             Ok(Ok(0)) => Err(Failure::Closed { received_any }),
             Ok(Ok(_)) => {
@@ -237,6 +246,17 @@ impl Conn {
             Failure::Malformed(Malformed { seen: format!("{}: {err}", resp::printable(bytes)) })
         })?;
         Ok(Ok(value))
+    }
+}
+
+/// `future` within `limit`, if any; `Err(())` when the limit passed.
+async fn limited<T>(
+    limit: Option<Duration>,
+    future: impl std::future::Future<Output = T>,
+) -> Result<T, ()> {
+    match limit {
+        Some(limit) => timeout(limit, future).await.map_err(|_| ()),
+        None => Ok(future.await),
     }
 }
 

@@ -69,9 +69,17 @@ fn is_type_byte(byte: u8) -> bool {
     b"+-:$*!=,#(_~>%|".contains(&byte)
 }
 
+/// The index of the first `\r\n` at or after `from`. A plain loop: this runs once per reply,
+/// and iterator adapters are slow in the unoptimized build users run.
 fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
-    let tail = buf.get(from..)?;
-    tail.windows(2).position(|w| w == b"\r\n").map(|i| from + i)
+    let mut i = from;
+    while i + 1 < buf.len() {
+        if buf[i] == b'\r' && buf[i + 1] == b'\n' {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
 }
 
 fn parse_len(line: &[u8]) -> Option<i64> {

@@ -264,3 +264,107 @@ async fn stalled_client_does_not_hold_up_its_siblings() {
     drop(staller);
     rig.tunnel.shutdown().await;
 }
+
+/// A TCP relay to the bastion that can go silent without closing anything: a blackhole,
+/// as a dropped route or a sleeping laptop looks from the client's side.
+struct Blackhole {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Blackhole {
+    async fn to(target: std::net::SocketAddr) -> Blackhole {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let epoch = Arc::new(AtomicU64::new(0));
+        let (f, e) = (frozen.clone(), epoch.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let (client, _) = listener.accept().await.unwrap();
+                let server = tokio::net::TcpStream::connect(target).await.unwrap();
+                let born = e.load(Ordering::SeqCst);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (mut from, mut to) in [(cr, sw), (sr, cw)].map(|(r, w)| (r, w)) {
+                    let (f, e) = (f.clone(), e.clone());
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncWriteExt;
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let Ok(n) = from.read(&mut buf).await else { return };
+                            while f.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            // A connection from before the outage never comes back to life.
+                            if n == 0 || e.load(Ordering::SeqCst) != born {
+                                return;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Blackhole { port, frozen, epoch, task }
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn thaw(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.frozen.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_bastion_is_detected_by_keepalives_and_the_tunnel_recovers() {
+    common::init_tracing();
+    let sshd = Sshd::builder().host_key_types(&[mesh_testkit::KeyType::Ed25519]).start();
+    let redis = mesh_testkit::RedisServer::builder().password(PASSWORD).start();
+    let hole = Blackhole::to(sshd.addr()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    let key = &sshd.host_keys()[0].public_line;
+    std::fs::write(&known_hosts, format!("[127.0.0.1]:{} {key}\n", hole.port)).unwrap();
+    let mut spec = spec(&sshd, vec![forward_to(redis.port())]);
+    spec.port = hole.port;
+    spec.known_hosts = known_hosts;
+    spec.connect_timeout = Duration::from_secs(2);
+    let tunnel = mesh_tunnel::bind(spec).await.unwrap().start().await.unwrap();
+    let local = common::ipv4_addr(&tunnel);
+    let mut states = tunnel.watch();
+
+    hole.freeze();
+    let frozen_at = Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(8),
+        states.wait_for(|s| matches!(s, State::Reconnecting { .. })),
+    )
+    .await
+    .expect("keepalives noticed the silence")
+    .unwrap();
+    // Keepalive every 1 s, 3 unanswered end the session: a few seconds, never a TCP timeout.
+    let noticed = frozen_at.elapsed();
+    assert!(noticed >= Duration::from_secs(2), "noticed after only {noticed:?}");
+    let reason = tunnel.status().last_error.unwrap_or_default();
+    assert!(reason.contains("keepalive"), "{reason}");
+
+    hole.thaw();
+    tokio::time::timeout(Duration::from_secs(10), states.wait_for(|s| *s == State::Up))
+        .await
+        .expect("the tunnel came back after the network did")
+        .unwrap();
+    let mut conn = Resp::authed(local).await;
+    assert_eq!(conn.cmd(&[b"PING"]).await, Reply::Simple("PONG".into()));
+    tunnel.shutdown().await;
+    hole.task.abort();
+}

@@ -434,6 +434,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Deletes every key under `prefix` (SCAN, then UNLINK in batches); returns how many.
+///
+/// FIXME: SCAN only sees the node this connection reaches. In a multi-shard cluster the keys'
+/// slot (one, thanks to the hash tag) may live on another node; the tests then fail with MOVED
+/// anyway, but any key written before that would be left behind under `mesh-bench:`.
 async fn delete_keys(session: &mut Session<'_>, prefix: &str) -> Result<u64, ProbeError> {
     let pattern = format!("{}*", glob_escape(prefix));
     let mut cursor = 0u64;

@@ -225,6 +225,9 @@ async fn ping_median(session: &mut Session<'_>, count: usize) -> Result<f64, Pro
 
 /// Lists the nodes `CLUSTER SLOTS` announces and judges whether each is reachable: through the
 /// forward only the endpoint itself is; direct, we try to connect.
+///
+/// FIXME: `CLUSTER SHARDS` (Redis 7) also gives each node's hostname; with only SLOTS, a cluster
+/// that announces hostnames rather than addresses is compared by what SLOTS puts first.
 async fn cluster_nodes(session: &mut Session<'_>) -> Result<ClusterReport, ProbeError> {
     let value = session.call(redis::cmd("CLUSTER").arg("SLOTS"), "CLUSTER SLOTS").await?;
     let ranges: Vec<redis::Value> = decode(value, session)?;

@@ -121,16 +121,16 @@ async fn pump(stream: TcpStream, channel: Channel<Msg>, counters: &Counters) {
     let (mut from_channel, to_channel) = channel.split();
 
     let upstream = async {
-        let mut writer = to_channel.make_writer();
+        let channel_err = |e: russh::Error| std::io::Error::other(e.to_string());
         let mut buf = vec![0u8; CHUNK];
         loop {
             let n = from_client.read(&mut buf).await?;
             if n == 0 {
-                // Shutting the writer down sends the channel EOF.
-                writer.shutdown().await?;
+                to_channel.eof().await.map_err(channel_err)?;
                 return Ok::<(), std::io::Error>(());
             }
-            writer.write_all(&buf[..n]).await?;
+            // Waits for window from the bastion: the backpressure towards the endpoint.
+            to_channel.data_bytes(buf[..n].to_vec()).await.map_err(channel_err)?;
             counters.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
         }
     };

@@ -350,3 +350,26 @@ async fn many_agent_keys_are_capped_below_max_auth_tries() {
     assert_eq!(tried.len(), 5, "{tried:?}");
     assert!(!sshd.log().contains("Too many authentication failures"), "sshd locked us out");
 }
+
+#[tokio::test]
+async fn legacy_pem_keys_are_read_plain_and_encrypted() {
+    use mesh_testkit::{generate_key_in_format, KeyFormat};
+    let (sshd, redis) = servers(&[KeyType::Ed25519]);
+    let ecdsa = generate_key_in_format(sshd.dir(), KeyType::Ecdsa, None, KeyFormat::Pem);
+    let rsa = generate_key_in_format(sshd.dir(), KeyType::Rsa, Some("pem pass"), KeyFormat::Pem);
+    for key in [&ecdsa, &rsa] {
+        let text = fs::read_to_string(&key.private_path).unwrap();
+        assert!(text.starts_with("-----BEGIN") && !text.contains("OPENSSH"), "{text}");
+        sshd.authorize(&key.public_line);
+    }
+
+    let mut spec = spec(&sshd, vec![forward_to(redis.port())]);
+    spec.key_file = Some(ecdsa.private_path.clone());
+    start(spec.clone()).await.expect("a PEM ECDSA key works").shutdown().await;
+
+    spec.key_file = Some(rsa.private_path.clone());
+    let err = start(spec.clone()).await.err().expect("an encrypted PEM key needs its passphrase");
+    assert!(matches!(err, TunnelError::KeyNeedsPassphrase { .. }), "{err:?}");
+    spec.passphrase = Some(Secret::new("pem pass"));
+    start(spec).await.expect("an encrypted PEM RSA key works").shutdown().await;
+}

@@ -113,8 +113,9 @@ pub enum TunnelError {
     PortInUse { forward: String, port: u16, addr: SocketAddr, holder: Option<String> },
 
     #[error(
-        "the SSH session with the bastion {host}:{port} failed: {source}: check that it is an \
-         OpenSSH server and that it allows TCP forwarding (AllowTcpForwarding)"
+        "the SSH session with the bastion {host}:{port} failed: {source}: check that \
+         BASTION_HOST_IP and BASTION_PORT name an SSH server; RUST_LOG=russh=debug shows the \
+         exchange"
     )]
     Ssh { host: String, port: u16, source: russh::Error },
 
@@ -145,6 +146,23 @@ pub enum TunnelError {
         path = .path.display()
     )]
     WrongPassphrase { path: PathBuf },
+}
+
+/// Why the bastion refused a `direct-tcpip` channel, in words, with its own text if any.
+pub(crate) fn open_failure(reason: &russh::ChannelOpenFailure, detail: Option<String>) -> String {
+    let reason = match reason {
+        russh::ChannelOpenFailure::AdministrativelyProhibited => {
+            "forwarding refused by the bastion's policy (AllowTcpForwarding or PermitOpen in \
+             its sshd_config)"
+                .to_string()
+        }
+        russh::ChannelOpenFailure::ConnectFailed => "the connection failed".to_string(),
+        other => format!("{other:?}"),
+    };
+    match detail {
+        Some(detail) if !detail.is_empty() => format!("{reason} ({detail})"),
+        _ => reason,
+    }
 }
 
 fn tried_list(tried: &[String]) -> String {

@@ -63,7 +63,8 @@ async fn open(shared: &Shared, index: usize, peer: SocketAddr) -> Option<Channel
             Ok(Ok(channel)) => return Some(channel),
             Ok(Err(russh::Error::ChannelOpenFailure(reason))) => {
                 let detail = live.signals.channel_failure.lock().unwrap().take();
-                let message = endpoint_message(shared, index, &format!("{reason:?}"), detail);
+                let reason = crate::error::open_failure(&reason, detail);
+                let message = endpoint_message(shared, index, &reason);
                 tracing::warn!(forward = %forward.name, %peer, "{message}");
                 counters.channel_failed(message);
                 return None;
@@ -85,7 +86,6 @@ async fn open(shared: &Shared, index: usize, peer: SocketAddr) -> Option<Channel
                         "no answer within {}s",
                         shared.spec.channel_open_timeout.as_secs_f32()
                     ),
-                    None,
                 );
                 tracing::warn!(forward = %forward.name, %peer, "{message}");
                 counters.channel_failed(message);
@@ -96,19 +96,15 @@ async fn open(shared: &Shared, index: usize, peer: SocketAddr) -> Option<Channel
     None
 }
 
-fn endpoint_message(shared: &Shared, index: usize, reason: &str, detail: Option<String>) -> String {
+fn endpoint_message(shared: &Shared, index: usize, reason: &str) -> String {
     let forward = &shared.spec.forwards[index];
-    let reason = match detail {
-        Some(detail) => format!("{reason}: {detail}"),
-        None => reason.to_string(),
-    };
     crate::TunnelError::EndpointUnreachable {
         forward: forward.name.clone(),
         host: shared.target.host.clone(),
         port: shared.target.port,
         target_host: forward.remote_host.clone(),
         target_port: forward.remote_port,
-        reason,
+        reason: reason.to_string(),
     }
     .to_string()
 }

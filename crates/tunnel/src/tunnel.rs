@@ -101,11 +101,7 @@ async fn prove_forwards(
             }
             Ok(Err(russh::Error::ChannelOpenFailure(reason))) => {
                 let detail = session.signals.channel_failure.lock().unwrap().take();
-                let reason = match detail {
-                    Some(detail) => format!("{reason:?}: {detail}"),
-                    None => format!("{reason:?}"),
-                };
-                return Err(unreachable(reason));
+                return Err(unreachable(crate::error::open_failure(&reason, detail)));
             }
             Ok(Err(source)) => {
                 return Err(TunnelError::Ssh {

@@ -368,3 +368,28 @@ async fn silent_bastion_is_detected_by_keepalives_and_the_tunnel_recovers() {
     tunnel.shutdown().await;
     hole.task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bastion_forbidding_forwarding_is_named_as_its_policy() {
+    common::init_tracing();
+    let sshd = Sshd::builder().extra_config("AllowTcpForwarding no").start();
+    let redis = mesh_testkit::RedisServer::builder().start();
+    let spec = spec(&sshd, vec![forward_to(redis.port())]);
+    let err = mesh_tunnel::bind(spec).await.unwrap().start().await.err().expect("start fails");
+    assert!(matches!(err, TunnelError::EndpointUnreachable { .. }), "{err:?}");
+    assert!(err.to_string().contains("AllowTcpForwarding"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_listens_on_both_loopbacks_so_localhost_works_either_way() {
+    let rig = rig().await;
+    let addrs: Vec<_> = rig.tunnel.local_addrs().into_iter().map(|(_, a)| a).collect();
+    let has_ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    assert_eq!(addrs.len(), if has_ipv6 { 2 } else { 1 }, "{addrs:?}");
+    assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == rig.local.port()));
+    for addr in addrs {
+        let mut conn = Resp::authed(addr).await;
+        assert_eq!(conn.cmd(&[b"PING"]).await, Reply::Simple("PONG".into()), "via {addr}");
+    }
+    rig.tunnel.shutdown().await;
+}

@@ -344,11 +344,16 @@ async fn supervise(shared: Arc<Shared>, mut ended: tokio::sync::oneshot::Receive
                     return;
                 }
                 _ = ticker.tick() => {
-                    if let Some(live) = &live {
-                        let limit = shared.spec.keepalive_interval;
-                        if let Some(rtt) = session::ping(&live.handle, limit).await {
-                            shared.rtt_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
+                    let Some(live) = &live else { continue };
+                    let limit = shared.spec.keepalive_interval;
+                    // The session's end must not wait for an unanswered ping.
+                    tokio::select! {
+                        rtt = session::ping(&live.handle, limit) => {
+                            if let Some(rtt) = rtt {
+                                shared.rtt_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
+                            }
                         }
+                        _ = &mut ended => break,
                     }
                 }
             }

@@ -239,6 +239,9 @@ async fn status_serializes_state_counters_and_bastion() {
         .ends_with(&format!("@127.0.0.1:{}", rig.sshd.port())));
     assert!(json["forwards"][0]["bytes_up"].as_u64().unwrap() > 0);
     assert_eq!(json["forwards"][0]["active_connections"], 1);
+    let rtt = json["keepalive_rtt_ms"].as_f64().expect("a keepalive round trip measured");
+    assert!(rtt > 0.0 && rtt < 1000.0, "{rtt}");
+    assert_eq!(json["reconnects"], 0);
     drop(conn);
     rig.tunnel.shutdown().await;
 }

@@ -45,8 +45,49 @@ pub fn run(args: CiArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             .run()
             .context("clippy found problems")?;
     }
-    cmd!(sh, "cargo test --workspace --locked").run().context("tests failed")?;
+    run_tests(&ctx.root)
+}
+
+/// `cargo test --workspace`, its output passed through, then one closing line
+/// with the totals of every test binary (`tests: N passed, M failed`).
+fn run_tests(root: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("cargo")
+        .args(["test", "--workspace", "--locked"])
+        .current_dir(root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("run cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().context("read cargo test's output")?;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.context("read cargo test's output")?;
+        println!("{line}");
+        if let Some(counts) = line.strip_prefix("test result: ") {
+            passed += count_before(counts, " passed");
+            failed += count_before(counts, " failed");
+        }
+    }
+    let status = child.wait().context("wait for cargo test")?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("tests failed: {failed} failed (see above)");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The number just before `label` in `ok. 12 passed; 0 failed; ...`.
+fn count_before(text: &str, label: &str) -> u64 {
+    text.split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(label.trim_start())
+                .map(str::trim)
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Installs the missing packages with apt-get when root; otherwise names the command.
@@ -136,4 +177,18 @@ fn apt_install(sh: &Shell, packages: &[&str]) -> anyhow::Result<()> {
         .run()
         .with_context(|| format!("install {list}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_before;
+
+    #[test]
+    fn test_result_lines_are_counted() {
+        let line =
+            "ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.1s";
+        assert_eq!((count_before(line, " passed"), count_before(line, " failed")), (12, 0));
+        let line = "FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!((count_before(line, " passed"), count_before(line, " failed")), (3, 2));
+    }
 }

@@ -97,19 +97,35 @@ fn workspace_root() -> PathBuf {
     xtask_dir.parent().map(PathBuf::from).unwrap_or(xtask_dir)
 }
 
+/// Logs to stderr: `-q` errors only, default warnings, `-v` debug, `-vv` trace;
+/// `RUST_LOG` (`level` or `target=level,...`) wins over the flags.
 fn init_tracing(verbose: u8, quiet: bool, color: bool) {
-    let default = match (quiet, verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "debug",
-        (false, _) => "trace",
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let level = match (quiet, verbose) {
+        (true, _) => tracing::Level::ERROR,
+        (false, 0) => tracing::Level::WARN,
+        (false, 1) => tracing::Level::DEBUG,
+        (false, _) => tracing::Level::TRACE,
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let mut bad_rust_log = None;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => spec.parse::<Targets>().unwrap_or_else(|err| {
+            bad_rust_log = Some(format!(
+                "RUST_LOG={spec:?} is not `level` or `target=level,...` ({err}); using {level}"
+            ));
+            Targets::new().with_default(level)
+        }),
+        _ => Targets::new().with_default(level),
+    };
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(color)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = tracing_subscriber::registry().with(fmt).with(filter).try_init();
+    if let Some(message) = bad_rust_log {
+        tracing::warn!("{message}");
+    }
 }

@@ -177,8 +177,14 @@ pub(crate) fn spec(
 ) -> anyhow::Result<mesh_tunnel::TunnelSpec> {
     let bastion = config.require_bastion()?;
     let mut spec = mesh_tunnel::TunnelSpec::new(bastion.host.clone(), config.forwards.clone());
-    spec.port = bastion.port;
-    spec.user = bastion.user.clone();
+    // Left unset (0, empty), the port and user come from a `Host` alias of
+    // ~/.ssh/config when there is one, else 22 and ec2-user.
+    if config.is_set("BASTION_PORT") {
+        spec.port = bastion.port;
+    }
+    if config.is_set("BASTION_USER") {
+        spec.user = bastion.user.clone();
+    }
     spec.key_file = bastion.key_file.clone();
     spec.passphrase = bastion.passphrase.clone();
     spec.known_hosts = bastion.known_hosts.clone();

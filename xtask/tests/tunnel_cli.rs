@@ -547,3 +547,43 @@ fn non_loopback_bind_without_the_flag_is_a_usage_error() {
     }
     assert!(std::fs::read_dir(rig.state.path()).unwrap().next().is_none(), "nothing started");
 }
+
+#[test]
+fn ssh_config_host_alias_gives_hostname_port_user_and_identity_file() {
+    let rig = Rig::start();
+    let ssh_dir = rig.home.path().join(".ssh");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    std::fs::write(
+        ssh_dir.join("config"),
+        format!(
+            "Host dev-bastion\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n",
+            rig.sshd.port(),
+            rig.sshd.user(),
+            rig.sshd.user_key().private_path.display()
+        ),
+    )
+    .unwrap();
+    // The alias's known_hosts line names the address it dials, as OpenSSH's would.
+    std::fs::write(
+        &rig.env_file,
+        format!(
+            "BASTION_HOST_IP=dev-bastion\nBASTION_KNOWN_HOSTS={}\n\
+             ELASTICACHE_ENDPOINT=127.0.0.1:{}\nREDIS_TUNNEL_PORT={}\nREDIS_PASSWORD=tunnel-test-pw\n",
+            rig.sshd.known_hosts().display(),
+            rig.redis.port(),
+            rig.local_port,
+        ),
+    )
+    .unwrap();
+    let out = rig.xtask(&["start", "--detach"]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let status = rig.xtask(&["status", "--json"]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("{}@127.0.0.1:{}", rig.sshd.user(), rig.sshd.port())),
+        "the record names the bastion as dialled: {stdout}"
+    );
+    assert_eq!(redis_ping(&rig), "PONG");
+    assert!(rig.xtask(&["stop"]).status.success());
+}

@@ -258,6 +258,13 @@ impl Config {
             .or_else(|| vars::lookup(canonical).and_then(|spec| spec.default))
     }
 
+    /// Whether a variable was given a non-empty value (by a flag, the sandbox,
+    /// the shell or a file) rather than left to its default.
+    pub fn is_set(&self, name: &str) -> bool {
+        let canonical = vars::lookup(name).map_or(name, |spec| spec.name);
+        self.values.get(canonical).is_some_and(|v| !v.raw.trim().is_empty())
+    }
+
     /// A variable of the process environment, whatever its name (HOME, PATH, ...).
     pub fn shell_var(&self, name: &str) -> Option<&str> {
         self.shell.get(name).map(String::as_str)

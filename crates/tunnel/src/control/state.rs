@@ -381,11 +381,16 @@ impl TunnelRecord {
         } else {
             spec.bind_addrs.clone()
         };
+        // The bastion as dialled: a `Host` alias of ~/.ssh/config fills what the spec leaves unset.
+        let (bastion_host, bastion_port, bastion_user) = match spec.resolve() {
+            Ok(target) => (target.host, target.port, target.user),
+            Err(_) => (spec.host.clone(), spec.port, spec.user.clone()),
+        };
         TunnelRecord {
             id: state.id.to_string(),
-            bastion_host: spec.host.clone(),
-            bastion_port: spec.port,
-            bastion_user: spec.user.clone(),
+            bastion_host,
+            bastion_port,
+            bastion_user,
             forwards: spec.forwards.iter().map(Into::into).collect(),
             bind_addrs,
             socket: state.socket.clone(),

@@ -16,10 +16,16 @@ pub const PASSWORD: &str = "tunnel-test-pw";
 
 /// Logs to the test output when `RUST_LOG` is set.
 pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let Some(filter) = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|spec| spec.parse::<tracing_subscriber::filter::Targets>().ok())
+    else {
+        return;
+    };
+    let fmt = tracing_subscriber::fmt::layer().with_test_writer();
+    let _ = tracing_subscriber::registry().with(fmt).with(filter).try_init();
 }
 
 /// A forward to `port` on the bastion's loopback, on a free local port.

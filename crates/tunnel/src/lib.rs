@@ -23,6 +23,7 @@ mod status;
 mod tunnel;
 
 pub use error::{PingError, TunnelError};
+pub use listen::port_holder;
 pub use ping::redis_ping;
 pub use spec::TunnelSpec;
 pub use status::{ChannelError, ForwardStatus, State, Status};

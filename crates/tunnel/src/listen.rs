@@ -40,7 +40,8 @@ pub(crate) fn bind_all(spec: &TunnelSpec) -> Result<Vec<Listener>, TunnelError> 
                         forward: forward.name.clone(),
                         port,
                         addr,
-                        holder: port_holder(port),
+                        holder: port_holder(port)
+                            .map(|(pid, command)| format!("{command} (pid {pid})")),
                     });
                 }
                 Err(source) => {
@@ -71,9 +72,9 @@ fn ipv6_unavailable(e: &io::Error) -> bool {
         || e.raw_os_error() == Some(97) // EAFNOSUPPORT
 }
 
-/// The process listening on a TCP port, as `/proc` tells: `redis-server (pid 4242)`.
+/// The process listening on a TCP port, as `/proc` tells: (pid, command name).
 /// `None` where `/proc` is absent or the socket belongs to another user's process.
-pub(crate) fn port_holder(port: u16) -> Option<String> {
+pub fn port_holder(port: u16) -> Option<(u32, String)> {
     let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|p| std::fs::read_to_string(p).ok())
@@ -93,7 +94,7 @@ pub(crate) fn port_holder(port: u16) -> Option<String> {
             let holds = inodes.iter().any(|inode| link == format!("socket:[{inode}]"));
             if holds {
                 let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-                return Some(format!("{} (pid {pid})", comm.trim()));
+                return Some((pid, comm.trim().to_string()));
             }
         }
     }
@@ -139,7 +140,7 @@ mod tests {
     fn port_holder_names_this_process() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let holder = port_holder(port).expect("/proc should name the holder");
-        assert!(holder.ends_with(&format!("(pid {})", std::process::id())), "{holder}");
+        let (pid, _command) = port_holder(port).expect("/proc should name the holder");
+        assert_eq!(pid, std::process::id());
     }
 }

@@ -138,44 +138,7 @@ async fn our_status(env: &Env<'_>, label: &str, state: &StateDir) -> Check {
 /// The process listening on a TCP port, as `/proc` tells: (pid, command name).
 /// `None` where `/proc` is absent or the socket belongs to another user.
 pub(crate) fn holder(port: u16) -> Option<(u32, String)> {
-    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .flat_map(|table| listening_inodes(&table, port))
-        .collect();
-    if inodes.is_empty() {
-        return None;
-    }
-    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
-        let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|link| wanted.iter().any(|w| link.as_os_str() == w.as_str()))
-        });
-        if holds {
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            return Some((pid, comm.trim().to_string()));
-        }
-    }
-    None
-}
-
-/// Inodes of LISTEN (0A) sockets on `port` in a `/proc/net/tcp*` table.
-fn listening_inodes(table: &str, port: u16) -> Vec<String> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
-            let listening = fields.get(3) == Some(&"0A");
-            (local_port == port && listening).then(|| fields.get(9).map(|s| s.to_string()))?
-        })
-        .collect()
+    mesh_tunnel::port_holder(port)
 }
 
 #[cfg(test)]

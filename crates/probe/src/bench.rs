@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::check::TlsState;
 use crate::conn::{Conn, Failure, NoTunnel, Session, TunnelDiagnosis};
 use crate::error::ProbeError;
+use crate::resp::{self, Value};
 use crate::target::{Route, Target};
 
 /// One kind of command to measure.
@@ -405,7 +406,7 @@ impl Template {
                 vec![b"XADD".to_vec(), stream, b"*".to_vec(), b"field".to_vec(), value]
             }
         };
-        let bytes = redis::pack_command(&args);
+        let bytes = resp::encode(&args.iter().map(Vec::as_slice).collect::<Vec<_>>());
         let digits_at = matches!(test, Test::Set | Test::Get | Test::Incr).then(|| {
             let key = args[1].as_slice();
             let key_at = find(&bytes, key).expect("the key is in the encoded command");
@@ -443,23 +444,18 @@ async fn delete_keys(session: &mut Session<'_>, prefix: &str) -> Result<u64, Pro
     let mut cursor = 0u64;
     let mut deleted = 0u64;
     loop {
-        let scan = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .clone();
-        let value = session.call(&scan, "SCAN").await?;
-        let (next, keys): (u64, Vec<Vec<u8>>) =
-            redis::from_redis_value(value).map_err(|err| ProbeError::NotRedis {
-                target: session.target.describe(),
-                detail: format!("SCAN: {err}"),
-            })?;
+        let at = cursor.to_string();
+        let args: [&[u8]; 6] =
+            [b"SCAN", at.as_bytes(), b"MATCH", pattern.as_bytes(), b"COUNT", b"1000"];
+        let reply = session.call(&args, "SCAN").await?;
+        let Some((next, keys)) = scan_page(&reply) else {
+            return Err(crate::check::unexpected(session, "SCAN", &reply));
+        };
         if !keys.is_empty() {
-            let unlink = redis::cmd("UNLINK").arg(&keys).clone();
-            let value = session.call(&unlink, "UNLINK").await?;
-            deleted += redis::from_redis_value::<u64>(value).unwrap_or(0);
+            let mut unlink: Vec<&[u8]> = vec![b"UNLINK"];
+            unlink.extend(keys);
+            let reply = session.call(&unlink, "UNLINK").await?;
+            deleted += reply.int().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
         }
         cursor = next;
         if cursor == 0 {
@@ -468,6 +464,19 @@ async fn delete_keys(session: &mut Session<'_>, prefix: &str) -> Result<u64, Pro
     }
     tracing::debug!(prefix, deleted, "benchmark keys deleted");
     Ok(deleted)
+}
+
+/// The next cursor and the keys of one SCAN reply: `[cursor, [key...]]`.
+fn scan_page(reply: &Value) -> Option<(u64, Vec<&[u8]>)> {
+    let Value::Array(parts) = reply else { return None };
+    let [cursor, Value::Array(keys)] = parts.as_slice() else { return None };
+    // The cursor is unsigned 64-bit: it may not fit an i64.
+    let cursor = cursor.text()?.parse().ok()?;
+    let keys = keys.iter().map(|key| match key {
+        Value::Bulk(bytes) => Some(bytes.as_slice()),
+        _ => None,
+    });
+    Some((cursor, keys.collect::<Option<_>>()?))
 }
 
 /// Escapes Redis glob characters, so the prefix matches only itself.
@@ -554,6 +563,20 @@ mod tests {
             "hset".parse::<Test>(),
             Err("`hset` is not a test: choose from ping, set, get, incr, lpush, xadd".to_string())
         );
+    }
+
+    #[test]
+    fn a_scan_page_gives_the_cursor_and_the_keys() {
+        let bulk = |text: &str| Value::Bulk(text.as_bytes().to_vec());
+        let reply = Value::Array(vec![
+            bulk("18446744073709551615"),
+            Value::Array(vec![bulk("a"), bulk("b")]),
+        ]);
+        assert_eq!(scan_page(&reply), Some((u64::MAX, vec![&b"a"[..], b"b"])));
+        let empty = Value::Array(vec![bulk("0"), Value::Array(vec![])]);
+        assert_eq!(scan_page(&empty), Some((0, vec![])));
+        assert_eq!(scan_page(&Value::Array(vec![bulk("0")])), None);
+        assert_eq!(scan_page(&bulk("0")), None);
     }
 
     #[test]

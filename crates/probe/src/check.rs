@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::conn::{Session, TunnelDiagnosis};
 use crate::error::ProbeError;
+use crate::resp::Value;
 use crate::target::{Route, Target, TlsMode};
 
 /// How TLS went, for reports.
@@ -133,7 +134,8 @@ pub struct ClusterNode {
 /// Connects and describes the server.
 pub async fn info(target: &Target, tunnel: &dyn TunnelDiagnosis) -> Result<InfoReport, ProbeError> {
     let mut session = Session::open(target, tunnel).await?;
-    let text: String = decode(session.call(&redis::cmd("INFO"), "INFO").await?, &session)?;
+    let reply = session.call(&[b"INFO"], "INFO").await?;
+    let text = reply.text().ok_or_else(|| unexpected(&session, "INFO", &reply))?;
     let fields = parse_info(&text);
     let get = |name: &str| fields.get(name).cloned();
 
@@ -183,14 +185,24 @@ fn is_serverless(host: &str) -> bool {
     host.contains(".serverless.") && host.ends_with(".amazonaws.com")
 }
 
-fn decode<T: redis::FromRedisValue>(
-    value: redis::Value,
-    session: &Session<'_>,
-) -> Result<T, ProbeError> {
-    redis::from_redis_value(value).map_err(|err| ProbeError::NotRedis {
+/// A reply of the wrong shape for `command`: whatever answered is not the Redis we know.
+pub(crate) fn unexpected(session: &Session<'_>, command: &str, reply: &Value) -> ProbeError {
+    ProbeError::NotRedis {
         target: session.target.describe(),
-        detail: format!("an unexpected reply ({err})"),
-    })
+        detail: format!("an unexpected reply to {command} ({})", describe(reply)),
+    }
+}
+
+/// The kind of a reply, for messages.
+fn describe(reply: &Value) -> &'static str {
+    match reply {
+        Value::Simple(_) => "a simple string",
+        Value::Error(_) => "an error",
+        Value::Integer(_) => "an integer",
+        Value::Bulk(_) => "a bulk string",
+        Value::Null => "null",
+        Value::Array(_) => "an array",
+    }
 }
 
 /// `name:value` lines of INFO, section headers and blanks skipped.
@@ -216,7 +228,7 @@ async fn ping_median(session: &mut Session<'_>, count: usize) -> Result<f64, Pro
     let mut rtts = Vec::with_capacity(count);
     for _ in 0..count {
         let started = Instant::now();
-        session.call(&redis::cmd("PING"), "PING").await?;
+        session.call(&[b"PING"], "PING").await?;
         rtts.push(started.elapsed());
     }
     rtts.sort();
@@ -229,15 +241,17 @@ async fn ping_median(session: &mut Session<'_>, count: usize) -> Result<f64, Pro
 /// FIXME: `CLUSTER SHARDS` (Redis 7) also gives each node's hostname; with only SLOTS, a cluster
 /// that announces hostnames rather than addresses is compared by what SLOTS puts first.
 async fn cluster_nodes(session: &mut Session<'_>) -> Result<ClusterReport, ProbeError> {
-    let value = session.call(redis::cmd("CLUSTER").arg("SLOTS"), "CLUSTER SLOTS").await?;
-    let ranges: Vec<redis::Value> = decode(value, session)?;
+    let reply = session.call(&[b"CLUSTER", b"SLOTS"], "CLUSTER SLOTS").await?;
+    let Value::Array(ranges) = reply else {
+        return Err(unexpected(session, "CLUSTER SLOTS", &reply));
+    };
     let mut nodes: Vec<ClusterNode> = Vec::new();
     for range in ranges {
-        let redis::Value::Array(parts) = range else { continue };
+        let Value::Array(parts) = range else { continue };
         let (Some(start), Some(end)) = (int(parts.first()), int(parts.get(1))) else { continue };
         let slots = if start == end { start.to_string() } else { format!("{start}-{end}") };
         for (i, node) in parts.iter().skip(2).enumerate() {
-            let redis::Value::Array(node) = node else { continue };
+            let Value::Array(node) = node else { continue };
             let (Some(host), Some(port)) = (text(node.first()), int(node.get(1))) else { continue };
             let role = if i == 0 { "primary" } else { "replica" };
             let port = u16::try_from(port).unwrap_or(0);
@@ -285,19 +299,12 @@ async fn reachability(target: &Target, host: &str, port: u16) -> (bool, String) 
     }
 }
 
-fn int(value: Option<&redis::Value>) -> Option<i64> {
-    match value? {
-        redis::Value::Int(n) => Some(*n),
-        other => text(Some(other))?.parse().ok(),
-    }
+fn int(value: Option<&Value>) -> Option<i64> {
+    value?.int()
 }
 
-fn text(value: Option<&redis::Value>) -> Option<String> {
-    match value? {
-        redis::Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
+fn text(value: Option<&Value>) -> Option<String> {
+    value?.text()
 }
 
 #[cfg(test)]

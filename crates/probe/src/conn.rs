@@ -14,7 +14,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::error::{Phase, ProbeError};
-use crate::resp::{self, Frame, Malformed};
+use crate::resp::{self, Frame, Malformed, Value};
 use crate::target::{Route, Target, TlsMode};
 use crate::tls;
 
@@ -233,19 +233,24 @@ impl Conn {
     }
 
     /// Sends one command and decodes its reply; an error reply is `Ok(Err(..))`.
-    pub async fn call(
-        &mut self,
-        cmd: &redis::Cmd,
-    ) -> Result<Result<redis::Value, ServerError>, Failure> {
-        self.send(&cmd.get_packed_command()).await?;
+    pub async fn call(&mut self, args: &[&[u8]]) -> Result<Result<Value, ServerError>, Failure> {
+        self.send(&resp::encode(args)).await?;
         let (frame, bytes) = self.next_reply().await?;
         if frame.error {
             return Ok(Err(ServerError::from_frame(bytes)));
         }
-        let value = redis::parse_redis_value(bytes).map_err(|err| {
-            Failure::Malformed(Malformed { seen: format!("{}: {err}", resp::printable(bytes)) })
-        })?;
-        Ok(Ok(value))
+        match resp::decode(bytes) {
+            Ok(Some((value, _))) => Ok(Ok(value)),
+            // The frame was whole, so a decoder wanting more bytes disagrees with it.
+            Ok(None) => Err(Failure::Malformed(Malformed {
+                seen: resp::printable(bytes),
+                reason: "a reply the decoder could not finish",
+            })),
+            Err(err) => Err(Failure::Malformed(Malformed {
+                seen: format!("{}: {}", err.seen, err.reason),
+                reason: err.reason,
+            })),
+        }
     }
 }
 
@@ -305,7 +310,7 @@ impl<'d> Session<'d> {
     /// PING again as the authenticated user.
     async fn hello(&mut self) -> Result<(), ProbeError> {
         let started = Instant::now();
-        let first = self.call_raw(&redis::cmd("PING"), "PING").await?;
+        let first = self.call_raw(&[b"PING"], "PING").await?;
         self.first_rtt = started.elapsed();
         let needs_auth = matches!(&first, Err(e) if e.code == "NOAUTH");
         match (&first, &self.target.password) {
@@ -316,7 +321,7 @@ impl<'d> Session<'d> {
         }
 
         let started = Instant::now();
-        match self.call_raw(&redis::cmd("PING"), "PING").await? {
+        match self.call_raw(&[b"PING"], "PING").await? {
             Ok(_) => {
                 self.first_rtt = started.elapsed();
                 Ok(())
@@ -327,11 +332,10 @@ impl<'d> Session<'d> {
 
     async fn auth(&mut self) -> Result<(), ProbeError> {
         let Some(password) = self.target.password.clone() else { return Ok(()) };
-        let mut auth = redis::cmd("AUTH");
-        if let Some(user) = &self.target.username {
-            auth.arg(user);
-        }
-        auth.arg(password.expose());
+        let user = self.target.username.clone();
+        let mut auth: Vec<&[u8]> = vec![b"AUTH"];
+        auth.extend(user.as_deref().map(str::as_bytes));
+        auth.push(password.expose().as_bytes());
         match self.call_raw(&auth, "AUTH").await? {
             Ok(_) => Ok(()),
             Err(e) if e.code == "WRONGPASS" || e.detail.contains("invalid password") => {
@@ -352,12 +356,8 @@ impl<'d> Session<'d> {
     }
 
     /// Runs a command and returns its value, any error reply classified.
-    pub(crate) async fn call(
-        &mut self,
-        cmd: &redis::Cmd,
-        name: &str,
-    ) -> Result<redis::Value, ProbeError> {
-        match self.call_raw(cmd, name).await? {
+    pub(crate) async fn call(&mut self, args: &[&[u8]], name: &str) -> Result<Value, ProbeError> {
+        match self.call_raw(args, name).await? {
             Ok(value) => Ok(value),
             Err(e) => Err(self.server_error(&e, name)),
         }
@@ -366,10 +366,10 @@ impl<'d> Session<'d> {
     /// Runs a command; an error reply is returned for the caller to judge.
     pub(crate) async fn call_raw(
         &mut self,
-        cmd: &redis::Cmd,
+        args: &[&[u8]],
         name: &str,
-    ) -> Result<Result<redis::Value, ServerError>, ProbeError> {
-        match self.conn.call(cmd).await {
+    ) -> Result<Result<Value, ServerError>, ProbeError> {
+        match self.conn.call(args).await {
             Ok(reply) => Ok(reply),
             Err(failure) => Err(self.explain(failure).await),
         }
@@ -539,5 +539,5 @@ async fn speaks_tls(target: &Target) -> bool {
 async fn speaks_plain_resp(target: &Target) -> bool {
     let Ok(tcp) = dial(target).await else { return false };
     let mut conn = Conn::new(Stream::Plain(tcp), target.timeout);
-    conn.call(&redis::cmd("PING")).await.is_ok()
+    conn.call(&[b"PING"]).await.is_ok()
 }

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context as _};
 use mesh_config::Secret;
-use redis::{IntoConnectionInfo, Value};
+use mesh_probe::resp::{Client, ClientError, Value};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -201,23 +201,18 @@ impl RedisTarget {
         Ok(RedisTarget { addr, host, port, password })
     }
 
-    /// A fresh connection, with timeouts so no call hangs past a stop request.
-    fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let mut info = (self.host.as_str(), self.port).into_connection_info()?;
+    /// A fresh connection, authenticated, with timeouts so no call hangs past a stop request.
+    fn connect(&self) -> Result<Client, ClientError> {
+        let mut client = Client::connect(&self.host, self.port, Duration::from_secs(2))?;
+        client.set_timeout(Duration::from_secs(5))?;
         if let Some(password) = &self.password {
-            let settings = info.redis_settings().clone().set_password(password.expose());
-            info = info.set_redis_settings(settings);
+            client.auth(None, password)?;
         }
-        let connection =
-            redis::Client::open(info)?.get_connection_with_timeout(Duration::from_secs(2))?;
-        connection.set_read_timeout(Some(Duration::from_secs(5)))?;
-        connection.set_write_timeout(Some(Duration::from_secs(5)))?;
-        Ok(connection)
+        Ok(client)
     }
 
-    fn ping(&self) -> redis::RedisResult<()> {
-        let mut connection = self.connect()?;
-        redis::cmd("PING").query::<String>(&mut connection).map(drop)
+    fn ping(&self) -> Result<(), ClientError> {
+        self.connect()?.cmd(&[b"PING"]).map(drop)
     }
 }
 
@@ -256,7 +251,7 @@ fn handle(role: Role, mut request: Request, redis: &RedisTarget) {
                     (202, serde_json::json!({ "id": id, "stream": STREAM }))
                 }
                 Err(err) => {
-                    say(&format!("event rejected: redis at {} failed: {err}", redis.addr));
+                    say(&format!("event rejected: {err}"));
                     (503, serde_json::json!({ "error": err.to_string() }))
                 }
             }
@@ -276,16 +271,12 @@ fn healthy() -> serde_json::Value {
 }
 
 /// XADD the webhook payload to the stream; returns the event id.
-fn append_event(redis: &RedisTarget, payload: &str) -> redis::RedisResult<String> {
-    let mut connection = redis.connect()?;
-    redis::cmd("XADD")
-        .arg(STREAM)
-        .arg("*")
-        .arg("source")
-        .arg("sandbox")
-        .arg("payload")
-        .arg(payload)
-        .query(&mut connection)
+fn append_event(redis: &RedisTarget, payload: &str) -> Result<String, ClientError> {
+    let mut client = redis.connect()?;
+    let args: [&[u8]; 7] =
+        [b"XADD", STREAM.as_bytes(), b"*", b"source", b"sandbox", b"payload", payload.as_bytes()];
+    let reply = client.cmd(&args)?;
+    text(&reply).ok_or_else(|| client.unexpected("XADD", &reply))
 }
 
 /// The worker's loop: reads the stream with the consumer group, logs and
@@ -299,7 +290,7 @@ fn consume_events(redis: &RedisTarget, stop: &AtomicBool) {
             Err(_) if stop.load(Ordering::SeqCst) => return,
             Err(err) => {
                 if !reported_down {
-                    say(&format!("worker: redis at {} unavailable: {err}; retrying", redis.addr));
+                    say(&format!("worker: redis unavailable: {err}; retrying"));
                     reported_down = true;
                 }
                 std::thread::sleep(Duration::from_millis(500));
@@ -313,55 +304,50 @@ fn consume_until_error(
     redis: &RedisTarget,
     stop: &AtomicBool,
     reported_down: &mut bool,
-) -> redis::RedisResult<()> {
-    let mut connection = redis.connect()?;
+) -> Result<(), ClientError> {
+    let mut client = redis.connect()?;
     *reported_down = false;
-    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(STREAM)
-        .arg(CONSUMER_GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query(&mut connection);
-    if let Err(err) = created {
-        if err.code() != Some("BUSYGROUP") {
-            return Err(err);
-        }
+    let create: [&[u8]; 6] =
+        [b"XGROUP", b"CREATE", STREAM.as_bytes(), CONSUMER_GROUP.as_bytes(), b"0", b"MKSTREAM"];
+    match client.cmd(&create) {
+        Err(err) if err.code() != Some("BUSYGROUP") => return Err(err),
+        _ => {}
     }
     say(&format!("worker: reading {STREAM} as {CONSUMER_GROUP}/{CONSUMER}"));
 
     // First the events this consumer read but never acknowledged, then new ones.
+    let block = TICK.as_millis().to_string();
     let mut cursor = "0";
     while !stop.load(Ordering::SeqCst) {
-        let reply: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(CONSUMER_GROUP)
-            .arg(CONSUMER)
-            .arg("COUNT")
-            .arg(16)
-            .arg("BLOCK")
-            .arg(TICK.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(STREAM)
-            .arg(cursor)
-            .query(&mut connection)?;
+        let read: [&[u8]; 11] = [
+            b"XREADGROUP",
+            b"GROUP",
+            CONSUMER_GROUP.as_bytes(),
+            CONSUMER.as_bytes(),
+            b"COUNT",
+            b"16",
+            b"BLOCK",
+            block.as_bytes(),
+            b"STREAMS",
+            STREAM.as_bytes(),
+            cursor.as_bytes(),
+        ];
+        let reply = client.cmd(&read)?;
         let ids = entry_ids(&reply);
         if ids.is_empty() && cursor == "0" {
             cursor = ">";
         }
         for id in ids {
             say(&format!("event {id} processed"));
-            redis::cmd("XACK")
-                .arg(STREAM)
-                .arg(CONSUMER_GROUP)
-                .arg(&id)
-                .query::<i64>(&mut connection)?;
+            let ack: [&[u8]; 4] =
+                [b"XACK", STREAM.as_bytes(), CONSUMER_GROUP.as_bytes(), id.as_bytes()];
+            client.cmd(&ack)?;
         }
     }
     Ok(())
 }
 
-/// The entry ids in an XREADGROUP reply (RESP2 array or RESP3 map), in order.
+/// The entry ids in an XREADGROUP reply (`[[stream, [[id, fields]...]]...]`), in order.
 fn entry_ids(reply: &Value) -> Vec<String> {
     let streams: Vec<&Value> = match reply {
         Value::Array(streams) => streams
@@ -371,7 +357,6 @@ fn entry_ids(reply: &Value) -> Vec<String> {
                 _ => None,
             })
             .collect(),
-        Value::Map(pairs) => pairs.iter().map(|(_, entries)| entries).collect(),
         _ => Vec::new(),
     };
     let mut ids = Vec::new();
@@ -390,8 +375,8 @@ fn entry_ids(reply: &Value) -> Vec<String> {
 
 fn text(value: &Value) -> Option<String> {
     match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(text) => Some(text.clone()),
+        Value::Bulk(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::Simple(text) => Some(text.clone()),
         _ => None,
     }
 }
@@ -413,19 +398,16 @@ mod tests {
     fn entry_ids_are_read_from_a_resp2_reply() {
         let entry = |id: &str| {
             Value::Array(vec![
-                Value::BulkString(id.as_bytes().to_vec()),
-                Value::Array(vec![
-                    Value::BulkString(b"k".to_vec()),
-                    Value::BulkString(b"v".to_vec()),
-                ]),
+                Value::Bulk(id.as_bytes().to_vec()),
+                Value::Array(vec![Value::Bulk(b"k".to_vec()), Value::Bulk(b"v".to_vec())]),
             ])
         };
         let reply = Value::Array(vec![Value::Array(vec![
-            Value::BulkString(STREAM.as_bytes().to_vec()),
+            Value::Bulk(STREAM.as_bytes().to_vec()),
             Value::Array(vec![entry("1-0"), entry("2-0")]),
         ])]);
         assert_eq!(entry_ids(&reply), ["1-0", "2-0"]);
-        assert!(entry_ids(&Value::Nil).is_empty());
+        assert!(entry_ids(&Value::Null).is_empty());
     }
 
     #[test]

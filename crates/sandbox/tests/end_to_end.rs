@@ -8,6 +8,7 @@
 mod common;
 
 use common::{http, is_listening, process_exists, redis_connection, wait_for, SshForward};
+use mesh_probe::resp::Value;
 use mesh_sandbox::{
     daemon, free_loopback_port, run_standin, Env, Role, Sandbox, SandboxOptions, CONSUMER_GROUP,
     STREAM,
@@ -172,19 +173,22 @@ fn an_event_posted_to_rest_api_is_acknowledged_by_the_worker_and_nothing_is_left
 
     let redis = sandbox.redis().unwrap();
     let mut connection = redis_connection(redis.port(), redis.password());
-    let pending: redis::Value =
-        wait_for("the pending list to empty", Duration::from_secs(5), || {
-            let pending: (i64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
-                .arg(STREAM)
-                .arg(CONSUMER_GROUP)
-                .query(&mut connection)
-                .unwrap();
-            (pending.0 == 0).then_some(pending.1)
-        });
-    assert_eq!(pending, redis::Value::Nil);
-    let payload: Vec<(String, Vec<(String, String)>)> =
-        redis::cmd("XRANGE").arg(STREAM).arg(&id).arg(&id).query(&mut connection).unwrap();
-    assert_eq!(payload[0].1[1], ("payload".to_string(), r#"{"action":"opened"}"#.to_string()));
+    let pending = wait_for("the pending list to empty", Duration::from_secs(5), || {
+        let summary = connection.cmd(&[b"XPENDING", STREAM.as_bytes(), CONSUMER_GROUP.as_bytes()]);
+        let summary = summary.unwrap().into_array().expect("XPENDING gives an array");
+        (summary[0] == Value::Integer(0)).then(|| summary[1].clone())
+    });
+    assert_eq!(pending, Value::Null);
+    let range = connection.cmd(&[b"XRANGE", STREAM.as_bytes(), id.as_bytes(), id.as_bytes()]);
+    let entry = Value::Array(vec![
+        Value::Bulk(id.clone().into_bytes()),
+        Value::Array(
+            ["source", "sandbox", "payload", r#"{"action":"opened"}"#]
+                .map(|text| Value::Bulk(text.as_bytes().to_vec()))
+                .to_vec(),
+        ),
+    ]);
+    assert_eq!(range.unwrap(), Value::Array(vec![entry]));
     drop(connection);
 
     // SIGTERM stops each stand-in cleanly.

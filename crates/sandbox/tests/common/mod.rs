@@ -57,11 +57,12 @@ pub fn http(method: &str, port: u16, path: &str, body: &str) -> std::io::Result<
     Ok((status, body))
 }
 
-/// A Redis connection to 127.0.0.1:`port` with the password.
-pub fn redis_connection(port: u16, password: &Secret) -> redis::Connection {
-    let url = format!("redis://:{}@127.0.0.1:{port}/", password.expose());
-    let client = redis::Client::open(url).expect("a valid redis url");
-    client.get_connection_with_timeout(Duration::from_secs(5)).expect("redis connection")
+/// A Redis connection to 127.0.0.1:`port`, authenticated with the password.
+pub fn redis_connection(port: u16, password: &Secret) -> mesh_probe::resp::Client {
+    let timeout = Duration::from_secs(5);
+    let mut client = mesh_probe::resp::Client::connect("127.0.0.1", port, timeout).unwrap();
+    client.auth(None, password).unwrap();
+    client
 }
 
 /// AUTH then PING over a raw socket to 127.0.0.1:`port`; the replies as text.

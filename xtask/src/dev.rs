@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _};
 use indicatif::{ProgressBar, ProgressStyle};
 use mesh_config::Config;
 use mesh_supervisor::{Event, Manifest, Outcome, StopHandle, Supervisor};
-use mesh_tunnel::control::{self, ControlError, SharedTunnel, StateDir, TunnelRecord};
+use mesh_tunnel::control::{self, ControlError, SharedTunnel, StateDir};
 use mesh_tunnel::State;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -259,13 +259,8 @@ async fn open_tunnel(
     spinner.finish();
     let tunnel = started?;
     let state = tunnel.watch();
-    let (user, password) = match &config.redis {
-        Some(redis) => (redis.username.clone(), redis.password.clone()),
-        None => (None, None),
-    };
-    let shared = Arc::new(SharedTunnel::new(tunnel).with_redis_auth(user, password));
-    let record = TunnelRecord::new(&state_dir, &spec);
-    let guard = control::serve_control(shared.clone(), lock, record.clone()).await?;
+    let (shared, guard, record) =
+        crate::tunnel::serve(tunnel, config, &state_dir, &spec, lock).await?;
     crate::tunnel::say_up(ctx, &state_dir, &record);
     // A sandbox's tunnel (a random bastion port) is never seen again: leave no state.
     let throwaway_state = sandbox.then(|| state_dir.dir.clone());

@@ -242,13 +242,7 @@ fn run_foreground(
                 return Ok(ExitCode::SUCCESS);
             }
         };
-        let (user, password) = match &config.redis {
-            Some(redis) => (redis.username.clone(), redis.password.clone()),
-            None => (None, None),
-        };
-        let shared = Arc::new(SharedTunnel::new(tunnel).with_redis_auth(user, password));
-        let record = TunnelRecord::new(&state, &spec);
-        let guard = control::serve_control(shared.clone(), lock, record.clone()).await?;
+        let (shared, guard, record) = serve(tunnel, &config, &state, &spec, lock).await?;
         tracing::info!(id = %state.id, pid = record.pid, "tunnel up, every forward verified");
         if !detached_child {
             say_up(ctx, &state, &record);
@@ -264,6 +258,25 @@ fn run_foreground(
         ctx.out.say(&format!("tunnel {} stopped ({reason})", state.id));
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Serves a started tunnel on its control socket (status, health with the
+/// configured Redis AUTH, stop), so `tunnel status` sees it wherever it runs.
+pub(crate) async fn serve(
+    tunnel: mesh_tunnel::Tunnel,
+    config: &Config,
+    state: &StateDir,
+    spec: &mesh_tunnel::TunnelSpec,
+    lock: control::PidLock,
+) -> anyhow::Result<(Arc<SharedTunnel>, control::ControlGuard, TunnelRecord)> {
+    let (user, password) = match &config.redis {
+        Some(redis) => (redis.username.clone(), redis.password.clone()),
+        None => (None, None),
+    };
+    let shared = Arc::new(SharedTunnel::new(tunnel).with_redis_auth(user, password));
+    let record = TunnelRecord::new(state, spec);
+    let guard = control::serve_control(shared.clone(), lock, record.clone()).await?;
+    Ok((shared, guard, record))
 }
 
 /// The signals that stop a foreground tunnel cleanly, listened to from

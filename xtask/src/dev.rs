@@ -25,6 +25,9 @@ pub struct DevArgs {
     /// Run the whole loop locally: our bastion, a local redis-server and stand-in services.
     #[arg(long)]
     sandbox: bool,
+    /// With --sandbox, run the sandbox's Redis with TLS only (a throwaway CA).
+    #[arg(long)]
+    tls: bool,
     /// Start without running the doctor's checks first.
     #[arg(long)]
     skip_checks: bool,
@@ -55,11 +58,19 @@ pub fn run(args: DevArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
 }
 
 async fn dev(args: DevArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    if args.tls && !args.sandbox {
+        return Err(crate::context::UsageError(
+            "--tls only applies to the sandbox's Redis: add --sandbox, or set \
+             REDIS_TLS_ENABLED=true for a real endpoint"
+                .into(),
+        )
+        .into());
+    }
     if !args.sandbox {
         return pipeline(&args, ctx, None).await;
     }
     let spinner = Spinner::start(ctx, "starting the sandbox: bastion and redis-server");
-    let options = mesh_sandbox::SandboxOptions::default();
+    let options = mesh_sandbox::SandboxOptions { tls: args.tls, ..Default::default() };
     let sandbox = mesh_sandbox::Sandbox::up(options).await;
     spinner.finish();
     let sandbox = sandbox.context("start the sandbox")?;

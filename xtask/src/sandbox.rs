@@ -3,7 +3,7 @@
 //! and `redis` at them; and the hidden `__standin` service bodies.
 
 use crate::context::Context;
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use mesh_sandbox::daemon::{self, DaemonPaths, Running, Started, Status};
 use mesh_sandbox::{Env, Role};
 use std::path::{Path, PathBuf};
@@ -15,7 +15,11 @@ const EXIT_NOT_RUNNING: u8 = 3;
 #[derive(clap::Subcommand, Debug)]
 pub enum SandboxCmd {
     /// Start the sandbox bastion and Redis in the background and print the env file to use.
-    Up,
+    Up {
+        /// Run Redis with TLS only, its certificate from a throwaway CA for the endpoint's name.
+        #[arg(long)]
+        tls: bool,
+    },
     /// Stop the background sandbox and remove its files.
     Down,
     /// Say whether the background sandbox runs, and where (exit 0 running, 3 not running).
@@ -26,28 +30,34 @@ pub enum SandboxCmd {
         /// The directory the background sandbox lives in.
         #[arg(long, value_name = "PATH")]
         dir: PathBuf,
+        /// Run Redis with TLS only.
+        #[arg(long)]
+        tls: bool,
     },
 }
 
 pub fn run(cmd: SandboxCmd, ctx: &Context) -> anyhow::Result<ExitCode> {
-    if let SandboxCmd::Serve { dir } = cmd {
-        daemon::serve(&DaemonPaths::in_dir(dir)).context("run the sandbox")?;
+    if let SandboxCmd::Serve { dir, tls } = cmd {
+        daemon::serve(&DaemonPaths::in_dir(dir), tls).context("run the sandbox")?;
         return Ok(ExitCode::SUCCESS);
     }
     let state_root = ctx.config()?.state_root;
     let paths = DaemonPaths::under_state_root(&state_root);
     match cmd {
-        SandboxCmd::Up => up(&paths, ctx),
+        SandboxCmd::Up { tls } => up(&paths, tls, ctx),
         SandboxCmd::Down => down(&paths, ctx),
         SandboxCmd::Status => status(&paths, ctx),
         SandboxCmd::Serve { .. } => unreachable!("handled above"),
     }
 }
 
-fn up(paths: &DaemonPaths, ctx: &Context) -> anyhow::Result<ExitCode> {
+fn up(paths: &DaemonPaths, tls: bool, ctx: &Context) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("find the xtask binary to start the sandbox")?;
     let mut serve = Command::new(exe);
     serve.args(["sandbox", "serve", "--dir"]).arg(paths.dir());
+    if tls {
+        serve.arg("--tls");
+    }
     if !ctx.out.json {
         ctx.out.say("starting the sandbox bastion and redis-server...");
     }
@@ -55,6 +65,14 @@ fn up(paths: &DaemonPaths, ctx: &Context) -> anyhow::Result<ExitCode> {
         Started::New(running) => (running, true),
         Started::AlreadyRunning(running) => (running, false),
     };
+    if running.ca_cert.is_some() != tls {
+        let (has, wants) = if tls { ("without", "with") } else { ("with", "without") };
+        bail!(
+            "a sandbox {has} TLS is already running (pid {}); stop it with `cargo xtask \
+             sandbox down`, then start the one {wants} TLS",
+            running.pid
+        );
+    }
 
     if ctx.out.json {
         ctx.out.json(&running_json(&running, paths, Some(new)))?;
@@ -126,9 +144,14 @@ fn status(paths: &DaemonPaths, ctx: &Context) -> anyhow::Result<ExitCode> {
 
 /// Where the running sandbox is, one aligned line per piece.
 fn describe(running: &Running, paths: &DaemonPaths, ctx: &Context) {
+    let tls = match &running.ca_cert {
+        Some(ca) => format!("on, Redis speaks TLS only; CA {}", ca.display()),
+        None => "off, Redis speaks plain text".to_string(),
+    };
     let lines = [
         ("bastion", format!("127.0.0.1:{} (publickey only)", running.bastion_port)),
         ("redis", format!("{}:6379 -> 127.0.0.1:{}", running.endpoint, running.redis_port)),
+        ("tls", tls),
         ("env file", running.env_file.display().to_string()),
         ("log", paths.log_file().display().to_string()),
     ];
@@ -144,6 +167,8 @@ fn running_json(running: &Running, paths: &DaemonPaths, new: Option<bool>) -> se
         "bastion_port": running.bastion_port,
         "redis_port": running.redis_port,
         "endpoint": running.endpoint,
+        "tls": running.ca_cert.is_some(),
+        "ca_cert": running.ca_cert,
         "env_file": running.env_file,
         "log": paths.log_file(),
     });
@@ -176,13 +201,58 @@ pub struct StandinArgs {
 /// Runs a stand-in service until SIGTERM, reading its ports and Redis from the
 /// environment the supervisor gives it.
 pub fn run_standin(args: StandinArgs) -> anyhow::Result<ExitCode> {
-    mesh_sandbox::run_standin(args.role, &Env::from_process())?;
+    let env = Env::from_process();
+    refuse_tls_redis(args.role, &env)?;
+    mesh_sandbox::run_standin(args.role, &env)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Fails at once when Redis speaks TLS but the stand-in was told plain text.
+///
+/// FIXME: the stand-ins speak plain Redis only, and the sandbox manifest pins
+/// `REDIS_TLS_ENABLED=false` for them. Under `dev --sandbox --tls` they would
+/// otherwise start, fail every readiness probe for about ten seconds and end
+/// with a vague "not ready"; this names the cause instead. The signs of a TLS
+/// Redis are the CA the sandbox sets and the skip-verify flag `dev` sets once
+/// it has verified the certificate itself.
+fn refuse_tls_redis(role: Role, env: &Env) -> anyhow::Result<()> {
+    let enabled = env.get("REDIS_TLS_ENABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let skip_verify =
+        env.get("REDIS_TLS_SKIP_VERIFY").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if enabled || !(skip_verify || env.get("REDIS_CA_CERT").is_some()) {
+        return Ok(());
+    }
+    bail!(
+        "{role}: the sandbox's Redis speaks TLS only, and the stand-in services speak plain \
+         Redis only; run `cargo xtask dev --sandbox` without --tls (to try the TLS Redis \
+         alone: `cargo xtask sandbox up --tls` and the steps it prints)"
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_stand_in_refuses_a_tls_redis() {
+        let env = |pairs: &[(&str, &str)]| {
+            Env::from(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )
+        };
+        let plain = env(&[("REDIS_TLS_ENABLED", "false"), ("REDIS_CA_CERT", "")]);
+        assert!(refuse_tls_redis(Role::RestApi, &plain).is_ok());
+        for tls in [
+            env(&[("REDIS_TLS_ENABLED", "false"), ("REDIS_CA_CERT", "/x/tls-ca.crt")]),
+            env(&[("REDIS_TLS_ENABLED", "false"), ("REDIS_TLS_SKIP_VERIFY", "true")]),
+        ] {
+            let err = refuse_tls_redis(Role::Worker, &tls).unwrap_err().to_string();
+            assert!(err.starts_with("worker: the sandbox's Redis speaks TLS only"), "{err}");
+        }
+    }
 
     #[test]
     fn env_file_paths_are_quoted_only_when_needed() {

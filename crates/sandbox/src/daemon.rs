@@ -71,6 +71,8 @@ pub struct Running {
     pub redis_pid: u32,
     /// The endpoint name the bastion resolves to the local Redis.
     pub endpoint: String,
+    /// The CA of Redis's certificate when Redis speaks TLS only; `None` for plain text.
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Whether a background sandbox runs.
@@ -167,9 +169,10 @@ pub fn start(paths: &DaemonPaths, mut serve: Command) -> Result<Started> {
     }
 }
 
-/// The body of `sandbox serve`: brings a sandbox up under `paths`, writes the
-/// record, and runs until SIGTERM or SIGINT, then removes everything but the log.
-pub fn serve(paths: &DaemonPaths) -> Result<()> {
+/// The body of `sandbox serve`: brings a sandbox up under `paths` (with Redis
+/// TLS only when `tls`), writes the record, and runs until SIGTERM or SIGINT,
+/// then removes everything but the log.
+pub fn serve(paths: &DaemonPaths, tls: bool) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -178,7 +181,8 @@ pub fn serve(paths: &DaemonPaths) -> Result<()> {
     runtime.block_on(async {
         let mut term = signal(tokio::signal::unix::SignalKind::terminate(), paths)?;
         let mut int = signal(tokio::signal::unix::SignalKind::interrupt(), paths)?;
-        let options = SandboxOptions { parent_dir: Some(paths.run_dir()), ..Default::default() };
+        let options =
+            SandboxOptions { parent_dir: Some(paths.run_dir()), tls, ..Default::default() };
         let sandbox = Sandbox::up(options).await?;
         write_record(&paths.record(), &sandbox)?;
         println!("sandbox up; env file {}", sandbox.env_file().display());
@@ -256,6 +260,7 @@ fn write_record(path: &Path, sandbox: &Sandbox) -> Result<()> {
         "redis_pid": redis.and_then(|r| r.pid()),
         "redis_start_time": redis.and_then(|r| r.pid()).and_then(process_start_time),
         "endpoint": sandbox.endpoint(),
+        "ca_cert": sandbox.ca_cert(),
     });
     // Written whole, then renamed: a reader never sees half a record.
     let partial = path.with_extension("json.partial");
@@ -276,6 +281,7 @@ fn read_record(path: &Path) -> Option<(Running, u64, u64)> {
         redis_port: u16::try_from(number("redis_port")?).ok()?,
         redis_pid: u32::try_from(number("redis_pid")?).ok()?,
         endpoint: record["endpoint"].as_str()?.to_string(),
+        ca_cert: record["ca_cert"].as_str().map(PathBuf::from),
     };
     Some((running, number("start_time")?, number("redis_start_time")?))
 }

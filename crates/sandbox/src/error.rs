@@ -29,6 +29,15 @@ pub enum SandboxError {
         source: russh::keys::ssh_key::Error,
     },
 
+    #[error("openssl could not {step} ({status}): {stderr}")]
+    Openssl { step: &'static str, status: String, stderr: String },
+
+    #[error(
+        "`openssl` is not installed; the sandbox needs it to make its TLS certificates: \
+         install it with `{install}` and retry"
+    )]
+    OpensslMissing { install: String },
+
     #[error("the operating system gave no random bytes: {0}")]
     Random(String),
 

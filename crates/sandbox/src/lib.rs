@@ -14,6 +14,7 @@ mod net;
 mod redis_server;
 mod sandbox;
 mod standin;
+mod tls;
 
 pub use bastion::{Bastion, BastionConfig};
 pub use error::SandboxError;
@@ -21,6 +22,7 @@ pub use net::free_loopback_port;
 pub use redis_server::{LocalRedis, REDIS_INSTALL_COMMAND};
 pub use sandbox::{Sandbox, SandboxOptions, SANDBOX_ENV_FILE};
 pub use standin::{run_standin, run_standin_until, Env, Role, CONSUMER_GROUP, STREAM};
+pub use tls::{TlsFiles, OPENSSL_INSTALL_COMMAND};
 
 /// The result type of this crate.
 pub type Result<T, E = SandboxError> = std::result::Result<T, E>;

@@ -1,14 +1,15 @@
 //! A real `redis-server` on a free loopback port, password-protected, with no
-//! persistence, living in the sandbox's directory; installed with apt when
-//! missing and we run as root.
+//! persistence, living in the sandbox's directory; plain or TLS only; installed
+//! with apt when missing and we run as root.
 
 use crate::net::{free_loopback_port, random_token};
+use crate::tls::TlsFiles;
 use crate::{Result, SandboxError};
 use mesh_config::Secret;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,18 +35,26 @@ pub struct LocalRedis {
     password: Secret,
     /// The server's log file, quoted in errors.
     log: PathBuf,
+    /// The certificates when the server speaks TLS only; `None` for plain text.
+    tls: Option<TlsFiles>,
 }
 
 impl LocalRedis {
     /// Writes a config into `dir` and starts `redis-server` with it, returning
     /// once the server answers an authenticated PING.
     pub fn start(dir: &Path) -> Result<LocalRedis> {
+        LocalRedis::start_with(dir, None)
+    }
+
+    /// Like [`LocalRedis::start`]; with `tls`, the server speaks TLS only, and
+    /// is ready once it answers a PING over TLS verified as `tls.server_name`.
+    pub fn start_with(dir: &Path, tls: Option<TlsFiles>) -> Result<LocalRedis> {
         let program = find_or_install_redis_server()?;
         let port = free_loopback_port()?;
         let password = Secret::new(random_token(32)?);
         let config = dir.join("redis.conf");
         let log = dir.join("redis.log");
-        write_config(&config, dir, &log, port, &password)?;
+        write_config(&config, dir, &log, port, &password, tls.as_ref())?;
 
         let child = Command::new(&program)
             .arg(&config)
@@ -55,9 +64,9 @@ impl LocalRedis {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|source| SandboxError::Spawn { program: program.clone(), source })?;
-        let mut redis = LocalRedis { child: Some(child), port, password, log };
+        let mut redis = LocalRedis { child: Some(child), port, password, log, tls };
         redis.wait_ready()?;
-        info!(port, pid = redis.pid(), "redis-server ready");
+        info!(port, pid = redis.pid(), tls = redis.tls.is_some(), "redis-server ready");
         Ok(redis)
     }
 
@@ -69,6 +78,11 @@ impl LocalRedis {
     /// The server's `requirepass`.
     pub fn password(&self) -> &Secret {
         &self.password
+    }
+
+    /// The certificates, when the server speaks TLS only.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
     }
 
     /// The process id of the server, while it runs.
@@ -108,7 +122,11 @@ impl LocalRedis {
                     });
                 }
             }
-            if authenticated_ping(self.port, &self.password) {
+            let answered = match &self.tls {
+                None => authenticated_ping(self.port, &self.password),
+                Some(tls) => verified_tls_ping(self.port, &self.password, tls),
+            };
+            if answered {
                 return Ok(());
             }
             if started.elapsed() > READY_TIMEOUT {
@@ -182,15 +200,34 @@ fn find_or_install_redis_server() -> Result<PathBuf> {
     }
 }
 
-/// The server's config: loopback only, the password, nothing saved to disk.
-/// The file is private to its owner because it holds the password.
-fn write_config(path: &Path, dir: &Path, log: &Path, port: u16, password: &Secret) -> Result<()> {
+/// The server's config: loopback only, the password, nothing saved to disk;
+/// with `tls`, no plain-text port at all. The file is private to its owner
+/// because it holds the password.
+fn write_config(
+    path: &Path,
+    dir: &Path,
+    log: &Path,
+    port: u16,
+    password: &Secret,
+    tls: Option<&TlsFiles>,
+) -> Result<()> {
+    let quoted = |path: &Path| format!("{:?}", path.display().to_string());
+    let listen = match tls {
+        None => format!("port {port}\n"),
+        Some(tls) => format!(
+            "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+             tls-ca-cert-file {}\ntls-auth-clients no\n",
+            quoted(&tls.cert),
+            quoted(&tls.key),
+            quoted(&tls.ca_cert),
+        ),
+    };
     let text = format!(
-        "bind 127.0.0.1\nport {port}\nprotected-mode yes\nrequirepass {pw}\nsave \"\"\n\
-         appendonly no\ndaemonize no\ndir {dir:?}\nlogfile {log:?}\nloglevel notice\n",
+        "bind 127.0.0.1\n{listen}protected-mode yes\nrequirepass {pw}\nsave \"\"\n\
+         appendonly no\ndaemonize no\ndir {dir}\nlogfile {log}\nloglevel notice\n",
         pw = password.expose(),
-        dir = dir.display().to_string(),
-        log = log.display().to_string(),
+        dir = quoted(dir),
+        log = quoted(log),
     );
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
@@ -222,6 +259,23 @@ pub(crate) fn authenticated_ping(port: u16, password: &Secret) -> bool {
         }
     }
     reply == expected
+}
+
+/// True when the TLS server on `port` answers AUTH and PING, its certificate
+/// verified as the endpoint's name with the sandbox's CA.
+pub(crate) fn verified_tls_ping(port: u16, password: &Secret, tls: &TlsFiles) -> bool {
+    let target = mesh_probe::Target::new(tls.server_name.clone(), 6379)
+        .via(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        .password(password.clone())
+        .tls(mesh_probe::TlsMode::Verify { ca_cert: Some(tls.ca_cert.clone()) })
+        .timeout(Duration::from_secs(1));
+    // The probe is async; a thread of its own keeps it off any caller's runtime.
+    std::thread::scope(|scope| {
+        let ping = scope.spawn(|| {
+            mesh_probe::blocking(mesh_probe::ping(&target, &mesh_probe::NoTunnel)).is_ok()
+        });
+        ping.join().unwrap_or(false)
+    })
 }
 
 /// The last lines of a log file, for an error message.

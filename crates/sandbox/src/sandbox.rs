@@ -1,10 +1,11 @@
-//! The sandbox as a whole: a private temporary directory holding a local Redis,
-//! our bastion in front of it under an ElastiCache-like name, and the env file
-//! that points the dev pipeline at them.
+//! The sandbox as a whole: a private temporary directory holding a local Redis
+//! (plain, or TLS only with a throwaway CA), our bastion in front of it under an
+//! ElastiCache-like name, and the env file that points the dev pipeline at them.
 
 use crate::bastion::{Bastion, BastionConfig};
 use crate::net::{free_loopback_port, random_token};
 use crate::redis_server::LocalRedis;
+use crate::tls::TlsFiles;
 use crate::{Result, SandboxError};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -24,6 +25,7 @@ const ENDPOINT_PORT: u16 = 6379;
 
 /// Variables the sandbox sets to empty so a value exported in the shell (say,
 /// for staging) cannot add forwards or credentials the sandbox does not serve.
+/// `REDIS_CA_CERT` is set instead when the sandbox runs TLS.
 const CLEARED: &[&str] = &[
     "BASTION_KEY_PASSPHRASE",
     "RDS_ENDPOINT",
@@ -47,6 +49,9 @@ pub struct SandboxOptions {
     pub worker_port: Option<u16>,
     /// The local port of the Redis forward; a free port when `None`.
     pub redis_tunnel_port: Option<u16>,
+    /// Run Redis with TLS only, its certificate issued for the endpoint's name
+    /// by a throwaway CA (`REDIS_CA_CERT` in the env file).
+    pub tls: bool,
 }
 
 /// A running sandbox. [`Sandbox::shutdown`] stops it; dropping it does the
@@ -74,9 +79,13 @@ impl Sandbox {
     /// env file. Must be called inside a tokio runtime.
     pub async fn up(options: SandboxOptions) -> Result<Sandbox> {
         let dir = make_dir(options.parent_dir.as_deref())?;
-        let redis = LocalRedis::start(dir.path())?;
-
         let endpoint = format!("sandbox-{}.serverless.use1.cache.amazonaws.com", random_token(6)?);
+        let tls = match options.tls {
+            true => Some(TlsFiles::generate(dir.path(), &endpoint)?),
+            false => None,
+        };
+        let redis = LocalRedis::start_with(dir.path(), tls)?;
+
         let redis_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, redis.port()));
         let targets = BTreeMap::from([(format!("{endpoint}:{ENDPOINT_PORT}"), redis_addr)]);
         let bastion =
@@ -85,7 +94,13 @@ impl Sandbox {
         let vars = sandbox_vars(&options, &endpoint, &bastion, &redis)?;
         let env_file = dir.path().join(SANDBOX_ENV_FILE);
         write_env_file(&env_file, &vars)?;
-        info!(dir = %dir.path().display(), %endpoint, bastion_port = bastion.port(), "sandbox up");
+        info!(
+            dir = %dir.path().display(),
+            %endpoint,
+            bastion_port = bastion.port(),
+            tls = options.tls,
+            "sandbox up"
+        );
 
         Ok(Sandbox {
             bastion: Some(bastion),
@@ -120,6 +135,11 @@ impl Sandbox {
     /// The bastion, for its port and key paths.
     pub fn bastion(&self) -> Option<&Bastion> {
         self.bastion.as_ref()
+    }
+
+    /// The CA that issued Redis's certificate, when the sandbox runs TLS.
+    pub fn ca_cert(&self) -> Option<&Path> {
+        self.redis.as_ref()?.tls().map(|tls| tls.ca_cert.as_path())
     }
 
     /// The local Redis, for its port and password.
@@ -190,7 +210,7 @@ fn sandbox_vars(
     set("ELASTICACHE_ENDPOINT", endpoint.into());
     set("REDIS_TUNNEL_PORT", tunnel_port.to_string());
     set("REDIS_PASSWORD", redis.password().expose().into());
-    set("REDIS_TLS_ENABLED", "false".into());
+    set("REDIS_TLS_ENABLED", redis.tls().is_some().to_string());
     set("REDIS_TLS_SKIP_VERIFY", "false".into());
     set("USE_SSH_TUNNEL_FOR_REDIS", "true".into());
     set("REDIS_ADDR", redis_addr.clone());
@@ -200,6 +220,9 @@ fn sandbox_vars(
     set("WORKER_PORT", service_port(options.worker_port, 8088)?.to_string());
     for name in CLEARED {
         set(name, String::new());
+    }
+    if let Some(tls) = redis.tls() {
+        set("REDIS_CA_CERT", tls.ca_cert.display().to_string());
     }
     Ok(vars)
 }

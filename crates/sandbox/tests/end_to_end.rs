@@ -32,7 +32,7 @@ fn main() {
     }
     if let Some(at) = args.iter().position(|arg| arg == "--serve") {
         let paths = daemon::DaemonPaths::in_dir(&args[at + 1]);
-        if let Err(err) = daemon::serve(&paths) {
+        if let Err(err) = daemon::serve(&paths, false) {
             eprintln!("serve: {err}");
             std::process::exit(1);
         }
@@ -127,6 +127,7 @@ fn an_event_posted_to_rest_api_is_acknowledged_by_the_worker_and_nothing_is_left
         mcp_server_port: Some(free_loopback_port().unwrap()),
         worker_port: Some(free_loopback_port().unwrap()),
         redis_tunnel_port: None,
+        tls: false,
     };
     let sandbox = runtime.block_on(Sandbox::up(options)).unwrap();
     let rest_port = port_of(&sandbox, "REST_API_PORT");

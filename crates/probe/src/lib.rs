@@ -4,8 +4,9 @@
 //! Connections are ours (TCP, then rustls verifying the endpoint's name while dialling the local
 //! forward), so every failure can be told apart from the bytes seen: refused, timeout, the
 //! bastion cannot reach the endpoint, TLS required or not spoken, certificate name or authority,
-//! NOAUTH, WRONGPASS, NOPERM, not Redis at all. Commands are encoded and replies decoded by the
-//! `redis` crate; framing replies (the benchmark's hot path) is [`resp`].
+//! NOAUTH, WRONGPASS, NOPERM, not Redis at all. The protocol is ours too ([`resp`]): encoding
+//! commands, framing replies (the benchmark's hot path), decoding them, and a small blocking
+//! client for callers without a runtime.
 //!
 //! ```no_run
 //! use mesh_probe::{NoTunnel, Target};

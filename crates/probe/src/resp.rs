@@ -2,8 +2,8 @@
 //! without allocating (the load generator's hot path, and how a check tells Redis from
 //! something else by its first bytes), and decoding a reply into a [`Value`].
 //!
-//! [`Client`] is a small blocking client over these, for callers without a runtime (the
-//! sandbox's stand-in services). We never ask for RESP3 (`HELLO 3`): [`frame`] still finds the
+//! [`Client`] is a small blocking client over these, plain or TLS, for callers without a
+//! runtime (the sandbox's stand-in services). We never ask for RESP3 (`HELLO 3`): [`frame`] still finds the
 //! end of a RESP3 reply, but [`decode`] calls one malformed.
 
 mod client;

@@ -202,57 +202,13 @@ pub struct StandinArgs {
 /// environment the supervisor gives it.
 pub fn run_standin(args: StandinArgs) -> anyhow::Result<ExitCode> {
     let env = Env::from_process();
-    refuse_tls_redis(args.role, &env)?;
     mesh_sandbox::run_standin(args.role, &env)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Fails at once when Redis speaks TLS but the stand-in was told plain text.
-///
-/// FIXME: the stand-ins speak plain Redis only, and the sandbox manifest pins
-/// `REDIS_TLS_ENABLED=false` for them. Under `dev --sandbox --tls` they would
-/// otherwise start, fail every readiness probe for about ten seconds and end
-/// with a vague "not ready"; this names the cause instead. The signs of a TLS
-/// Redis are the CA the sandbox sets and the skip-verify flag `dev` sets once
-/// it has verified the certificate itself.
-fn refuse_tls_redis(role: Role, env: &Env) -> anyhow::Result<()> {
-    let enabled = env.get("REDIS_TLS_ENABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let skip_verify =
-        env.get("REDIS_TLS_SKIP_VERIFY").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    if enabled || !(skip_verify || env.get("REDIS_CA_CERT").is_some()) {
-        return Ok(());
-    }
-    bail!(
-        "{role}: the sandbox's Redis speaks TLS only, and the stand-in services speak plain \
-         Redis only; run `cargo xtask dev --sandbox` without --tls (to try the TLS Redis \
-         alone: `cargo xtask sandbox up --tls` and the steps it prints)"
-    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_plain_stand_in_refuses_a_tls_redis() {
-        let env = |pairs: &[(&str, &str)]| {
-            Env::from(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect::<std::collections::BTreeMap<_, _>>(),
-            )
-        };
-        let plain = env(&[("REDIS_TLS_ENABLED", "false"), ("REDIS_CA_CERT", "")]);
-        assert!(refuse_tls_redis(Role::RestApi, &plain).is_ok());
-        for tls in [
-            env(&[("REDIS_TLS_ENABLED", "false"), ("REDIS_CA_CERT", "/x/tls-ca.crt")]),
-            env(&[("REDIS_TLS_ENABLED", "false"), ("REDIS_TLS_SKIP_VERIFY", "true")]),
-        ] {
-            let err = refuse_tls_redis(Role::Worker, &tls).unwrap_err().to_string();
-            assert!(err.starts_with("worker: the sandbox's Redis speaks TLS only"), "{err}");
-        }
-    }
 
     #[test]
     fn env_file_paths_are_quoted_only_when_needed() {

@@ -1,10 +1,13 @@
 //! `cargo xtask dev --sandbox --tls` through the built binary: the sandbox's
-//! Redis speaks TLS only and `dev` verifies it as the endpoint's name; the
-//! stand-ins, which speak plain Redis only, stop it at once with the reason;
-//! nothing is left behind.
+//! Redis speaks TLS only, `dev` verifies it as the endpoint's name, the
+//! stand-ins speak TLS to it through the tunnel, an event POSTed to rest-api is
+//! processed by the worker, Ctrl+C stops everything and nothing is left behind.
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Runs the xtask binary with its state and temp dirs inside `tmp`.
@@ -51,40 +54,165 @@ fn left_in(tmp: &Path) -> Vec<String> {
     left
 }
 
-// FIXME: the stand-ins speak plain Redis only (crates/sandbox/src/standin.rs
-// refuses REDIS_TLS_ENABLED=true, and the sandbox manifest pins it to false), so
-// under --tls the first stand-in stops `dev` with the reason. Once they speak
-// TLS, this test must instead see the demo event processed and exit 0 on SIGINT.
+/// Every process whose parent is `pid`, recursively.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+            let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+            let ppid: u32 = after_name.split(' ').nth(1).unwrap().parse().unwrap();
+            if ppid == parent {
+                found.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    found
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
+}
+
+/// The value of `name` in a dotenv file the sandbox wrote (NAME=value lines).
+fn env_value(file: &Path, name: &str) -> String {
+    let text = std::fs::read_to_string(file).unwrap();
+    let line = text.lines().find(|l| l.starts_with(&format!("{name}="))).unwrap();
+    line.split_once('=').unwrap().1.trim_matches(|c| c == '"' || c == '\'').to_string()
+}
+
+/// POSTs `body` to rest-api's webhook route; returns the whole HTTP answer.
+fn post_event(port: &str, body: &str) -> String {
+    let mut http = TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    write!(
+        http,
+        "POST /api/v1/webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: \
+         close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    http.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+/// The next stdout line, or a panic with stderr once `deadline` passes.
+fn next_line(
+    lines: &mpsc::Receiver<String>,
+    deadline: Instant,
+    child: &mut std::process::Child,
+    waiting_for: &str,
+) -> String {
+    lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| {
+        let _ = child.kill();
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        panic!("dev --sandbox --tls: no {waiting_for} in time; stderr:\n{err}")
+    })
+}
+
 #[test]
-fn dev_sandbox_tls_verifies_the_endpoint_name_then_stops_at_the_plain_stand_ins() {
+fn dev_sandbox_tls_moves_an_event_through_tls_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let started = Instant::now();
-    let out = xtask(tmp.path(), &["dev", "--sandbox", "--tls"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let context = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["dev", "--sandbox", "--tls"])
+        .env("TMPDIR", tmp.path())
+        .env("XTASK_STATE_DIR", tmp.path().join("state"))
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (lines_tx, lines_rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line.clone());
+            all.push(line);
+        }
+        all
+    });
 
-    let endpoint = stdout
-        .split_once("serving `")
-        .and_then(|(_, rest)| rest.split_once('`'))
-        .map(|(name, _)| name.to_string())
-        .unwrap_or_else(|| panic!("dev --sandbox names the endpoint; {context}"));
-    assert!(endpoint.starts_with("sandbox-"), "{endpoint}");
-    let verified = format!("TLS on, certificate verified as {endpoint}");
-    assert!(
-        stdout.lines().any(|l| l.starts_with("redis: PONG") && l.ends_with(&verified)),
-        "{context}"
-    );
+    // Until the worker is ready: the endpoint, the sandbox directory, dev's TLS verdict.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut endpoint, mut sandbox_dir, mut verified) = (None, None, false);
+    loop {
+        let line = next_line(&lines_rx, deadline, &mut child, "`worker ready`");
+        if let Some((_, rest)) = line.split_once("serving `") {
+            endpoint = rest.split_once('`').map(|(name, _)| name.to_string());
+        }
+        if let Some((_, dir)) = line.split_once("files in ") {
+            sandbox_dir = Some(PathBuf::from(dir.trim()));
+        }
+        if line.starts_with("redis: PONG")
+            && line.contains("TLS on, certificate verified as sandbox-")
+        {
+            verified = true;
+        }
+        if line.starts_with("worker ready") {
+            break;
+        }
+    }
+    let endpoint = endpoint.expect("dev --sandbox names the endpoint");
+    let sandbox_dir = sandbox_dir.expect("dev --sandbox names its directory");
+    assert!(verified, "dev says it verified the certificate as {endpoint}");
+    assert!(sandbox_dir.starts_with(tmp.path()));
+    let env_file = sandbox_dir.join("sandbox.env");
+    assert_eq!(env_value(&env_file, "REDIS_TLS_ENABLED"), "true");
+    let children = descendants(pid);
+    assert!(children.len() >= 4, "redis-server and three stand-ins: {children:?}");
 
-    let reason = "rest-api: the sandbox's Redis speaks TLS only, and the stand-in services \
-                  speak plain Redis only; run `cargo xtask dev --sandbox` without --tls (to try \
-                  the TLS Redis alone: `cargo xtask sandbox up --tls` and the steps it prints)";
-    assert!(stdout.contains(&format!("rest-api   | error: {reason}")), "{context}");
-    assert!(stderr.contains("error: service `rest-api` exited (exit code 1) before it was ready"));
-    assert_eq!(out.status.code(), Some(1), "{context}");
-    // At once, not after the readiness probe's fifty tries.
-    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    // POST an event; the worker must log it processed, and Redis (over TLS) must hold
+    // nothing pending for the group.
+    let reply = post_event(&env_value(&env_file, "REST_API_PORT"), r#"{"kind":"tls"}"#);
+    assert!(reply.starts_with("HTTP/1.1 202"), "{reply}");
+    let id = reply
+        .split_once(r#""id":""#)
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(id, _)| id.to_string())
+        .unwrap_or_else(|| panic!("rest-api answers the event id: {reply}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let processed = format!("worker     | event {id} processed");
+    while next_line(&lines_rx, deadline, &mut child, &processed) != processed {}
 
+    let password = env_value(&env_file, "REDIS_PASSWORD");
+    let pending = Command::new("redis-cli")
+        .args(["--tls", "--cacert", &env_value(&env_file, "REDIS_CA_CERT")])
+        .args(["--sni", &endpoint, "-h", "127.0.0.1", "-p"])
+        .arg(env_value(&env_file, "REDIS_TUNNEL_PORT"))
+        .args(["XPENDING", "webhook-events", "webhook-processors"])
+        .env("REDISCLI_AUTH", &password)
+        .output()
+        .expect("redis-cli is missing: install it with `apt-get install -y redis-tools`");
+    let pending = String::from_utf8_lossy(&pending.stdout).into_owned();
+    assert_eq!(pending.lines().next(), Some("0"), "XPENDING over TLS: {pending}");
+
+    // Ctrl+C: a clean stop, exit 0, nothing left.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGINT)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let out = reader.join().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let context = format!("stdout:\n{}\nstderr:\n{err}", out.join("\n"));
+    assert_eq!(status.code(), Some(0), "{context}");
+    let via_tls = format!("(TLS, verified as {endpoint})");
+    for role in ["rest-api", "mcp-server", "worker"] {
+        let started = format!("{role:<10} | {role} listening on 127.0.0.1:");
+        assert!(
+            out.iter().any(|l| l.starts_with(&started) && l.ends_with(&via_tls)),
+            "{role} speaks TLS verified as the endpoint; {context}"
+        );
+    }
+    assert!(!err.contains(&password) && !out.iter().any(|l| l.contains(&password)));
+    let left: Vec<u32> = children.into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "processes left: {left:?}");
     assert!(processes_under(tmp.path()).is_empty(), "{:?}", processes_under(tmp.path()));
     assert!(left_in(tmp.path()).is_empty(), "left behind: {:?}", left_in(tmp.path()));
 }

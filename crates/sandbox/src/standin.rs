@@ -1,11 +1,12 @@
 //! Stand-ins for the platform's three services, honouring their contract
-//! (ports, `/readyz`, `/health`) and moving real data through Redis: rest-api
-//! appends webhook events to a stream, the worker consumes and acknowledges
-//! them, mcp-server reports healthy once Redis answers.
+//! (ports, `/readyz`, `/health`) and moving real data through Redis, plain or
+//! TLS: rest-api appends webhook events to a stream, the worker consumes and
+//! acknowledges them, mcp-server reports healthy once Redis answers.
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use mesh_config::Secret;
 use mesh_probe::resp::{Client, ClientError, Value};
+use mesh_probe::TlsMode;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -146,7 +147,13 @@ pub fn run_standin_until(role: Role, env: &Env, stop: &AtomicBool) -> anyhow::Re
             "{role} could not listen on 127.0.0.1:{port}: {err}; set {var} to a free port"
         )
     })?;
-    say(&format!("{role} listening on 127.0.0.1:{port}, redis at {}", redis.addr));
+    say(&format!("{role} listening on 127.0.0.1:{port}, redis at {}", redis.describe()));
+    if redis.tls.as_ref().is_some_and(|tls| tls.mode == TlsMode::Insecure) {
+        say(&format!(
+            "{role}: REDIS_TLS_SKIP_VERIFY=true: the Redis certificate is not verified (unset \
+             it to verify as ELASTICACHE_ENDPOINT's name with REDIS_CA_CERT)"
+        ));
+    }
 
     std::thread::scope(|scope| {
         let worker_done = Arc::new(AtomicBool::new(false));
@@ -174,10 +181,23 @@ fn say(line: &str) {
 
 /// Where Redis is, as the services read it.
 struct RedisTarget {
+    /// `REDIS_ADDR` as given, for messages.
     addr: String,
+    /// The host and port dialled: the tunnel's local end in the sandbox.
     host: String,
     port: u16,
     password: Option<Secret>,
+    /// TLS when `REDIS_TLS_ENABLED=true`, else plain RESP.
+    tls: Option<RedisTls>,
+}
+
+/// How the stand-ins speak TLS to Redis.
+struct RedisTls {
+    /// Verify with `REDIS_CA_CERT` (or the system roots), or skip the check when
+    /// `REDIS_TLS_SKIP_VERIFY=true`.
+    mode: TlsMode,
+    /// The name the certificate must hold: the endpoint's, not the address dialled.
+    server_name: String,
 }
 
 impl RedisTarget {
@@ -187,9 +207,6 @@ impl RedisTarget {
             .or_else(|| env.get("REDIS_ADDRESS"))
             .unwrap_or("127.0.0.1:6379")
             .to_string();
-        if env.get("REDIS_TLS_ENABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-            bail!("the stand-in services speak plain Redis only; set REDIS_TLS_ENABLED=false");
-        }
         let (host, port) = addr.rsplit_once(':').with_context(|| {
             format!("REDIS_ADDR=`{addr}` has no port; write it as HOST:PORT, e.g. 127.0.0.1:6379")
         })?;
@@ -198,12 +215,30 @@ impl RedisTarget {
         })?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
         let password = env.get("REDIS_PASSWORD").map(Secret::new);
-        Ok(RedisTarget { addr, host, port, password })
+        let tls = is_true(env, "REDIS_TLS_ENABLED").then(|| RedisTls::from_env(env, &host));
+        Ok(RedisTarget { addr, host, port, password, tls })
+    }
+
+    /// The address, and how TLS is spoken to it, for the start line.
+    fn describe(&self) -> String {
+        match &self.tls {
+            None => self.addr.clone(),
+            Some(RedisTls { mode: TlsMode::Insecure, .. }) => {
+                format!("{} (TLS, certificate not verified)", self.addr)
+            }
+            Some(tls) => format!("{} (TLS, verified as {})", self.addr, tls.server_name),
+        }
     }
 
     /// A fresh connection, authenticated, with timeouts so no call hangs past a stop request.
     fn connect(&self) -> Result<Client, ClientError> {
-        let mut client = Client::connect(&self.host, self.port, Duration::from_secs(2))?;
+        let timeout = Duration::from_secs(2);
+        let mut client = match &self.tls {
+            None => Client::connect(&self.host, self.port, timeout)?,
+            Some(tls) => {
+                Client::connect_tls(&self.host, self.port, &tls.mode, &tls.server_name, timeout)?
+            }
+        };
         client.set_timeout(Duration::from_secs(5))?;
         if let Some(password) = &self.password {
             client.auth(None, password)?;
@@ -214,6 +249,36 @@ impl RedisTarget {
     fn ping(&self) -> Result<(), ClientError> {
         self.connect()?.cmd(&[b"PING"]).map(drop)
     }
+}
+
+impl RedisTls {
+    /// Verifies as `ELASTICACHE_ENDPOINT`'s host (the name the certificate holds, though we
+    /// dial `dialled`, the tunnel's end) with `REDIS_CA_CERT`, unless
+    /// `REDIS_TLS_SKIP_VERIFY=true`.
+    fn from_env(env: &Env, dialled: &str) -> RedisTls {
+        if is_true(env, "REDIS_TLS_SKIP_VERIFY") {
+            return RedisTls { mode: TlsMode::Insecure, server_name: dialled.to_string() };
+        }
+        let server_name = env.get("ELASTICACHE_ENDPOINT").map_or(dialled, endpoint_host);
+        let ca_cert = env.get("REDIS_CA_CERT").map(Into::into);
+        RedisTls { mode: TlsMode::Verify { ca_cert }, server_name: server_name.to_string() }
+    }
+}
+
+/// True when `name` is set to `true` (any case).
+fn is_true(env: &Env, name: &str) -> bool {
+    env.get(name).is_some_and(|value| value.eq_ignore_ascii_case("true"))
+}
+
+/// The host of an endpoint written `[redis[s]://]host[:port][/]`.
+fn endpoint_host(endpoint: &str) -> &str {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest);
+    let rest = rest.trim_end_matches('/');
+    let host = match rest.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() && !host.ends_with(':') => host,
+        _ => rest,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// Answers HTTP requests until `stop`.
@@ -415,5 +480,62 @@ mod tests {
         let env = Env::from(BTreeMap::from([("WORKER_PORT".to_string(), "80a".to_string())]));
         let err = env.port(Role::Worker).unwrap_err().to_string();
         assert_eq!(err, "WORKER_PORT=`80a` is not a port number; set it to a port such as 8088");
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        Env::from(
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        )
+    }
+
+    #[test]
+    fn endpoint_hosts_lose_scheme_port_and_brackets() {
+        assert_eq!(endpoint_host("cache.mesh.test"), "cache.mesh.test");
+        assert_eq!(endpoint_host("rediss://cache.mesh.test:6380/"), "cache.mesh.test");
+        assert_eq!(endpoint_host("[::1]:6379"), "::1");
+    }
+
+    #[test]
+    fn tls_verifies_as_the_endpoint_name_while_dialling_the_tunnel() {
+        let redis = RedisTarget::from_env(&env(&[
+            ("REDIS_ADDR", "127.0.0.1:40123"),
+            ("REDIS_TLS_ENABLED", "true"),
+            ("REDIS_TLS_SKIP_VERIFY", "false"),
+            ("REDIS_CA_CERT", "/s/tls-ca.crt"),
+            ("ELASTICACHE_ENDPOINT", "sandbox-x1.serverless.use1.cache.amazonaws.com"),
+        ]))
+        .unwrap();
+        let tls = redis.tls.as_ref().unwrap();
+        assert_eq!(tls.mode, TlsMode::Verify { ca_cert: Some("/s/tls-ca.crt".into()) });
+        assert_eq!(tls.server_name, "sandbox-x1.serverless.use1.cache.amazonaws.com");
+        assert_eq!((redis.host.as_str(), redis.port), ("127.0.0.1", 40123));
+        assert_eq!(
+            redis.describe(),
+            "127.0.0.1:40123 (TLS, verified as sandbox-x1.serverless.use1.cache.amazonaws.com)"
+        );
+    }
+
+    #[test]
+    fn skip_verify_turns_the_certificate_check_off_and_says_so() {
+        let redis = RedisTarget::from_env(&env(&[
+            ("REDIS_ADDR", "127.0.0.1:40123"),
+            ("REDIS_TLS_ENABLED", "TRUE"),
+            ("REDIS_TLS_SKIP_VERIFY", "true"),
+            ("ELASTICACHE_ENDPOINT", "cache.mesh.test"),
+        ]))
+        .unwrap();
+        assert_eq!(redis.tls.as_ref().unwrap().mode, TlsMode::Insecure);
+        assert_eq!(redis.describe(), "127.0.0.1:40123 (TLS, certificate not verified)");
+    }
+
+    #[test]
+    fn tls_off_is_plain_resp() {
+        let redis = RedisTarget::from_env(&env(&[
+            ("REDIS_TLS_ENABLED", "false"),
+            ("REDIS_CA_CERT", "/s/tls-ca.crt"),
+        ]))
+        .unwrap();
+        assert!(redis.tls.is_none());
+        assert_eq!(redis.describe(), "127.0.0.1:6379");
     }
 }

@@ -101,7 +101,8 @@ async fn pipeline(
         None => ctx.load_options(ctx.global.env_files.clone(), Vec::new()),
     };
     let config = ctx.load(&load)?;
-    let manifest = load_manifest(args, ctx, &config, sandbox)?;
+    let vars = ServiceVars::new(&config);
+    let manifest = load_manifest(args, ctx, &vars.vars, sandbox)?;
     let selected = manifest.select(&args.only)?;
     mesh_supervisor::check_selected_paths(&manifest, &selected)?;
     if !args.skip_checks {
@@ -115,7 +116,7 @@ async fn pipeline(
     };
     let result = async {
         prove_redis(ctx, &config, tunnel.as_ref()).await?;
-        run_services(args, ctx, &config, manifest, tunnel.as_ref(), sandbox).await
+        run_services(args, ctx, &config, manifest, vars, tunnel.as_ref(), sandbox).await
     }
     .await;
     if let Some(tunnel) = tunnel {
@@ -177,14 +178,49 @@ fn sandbox_layer(sandbox: &mesh_sandbox::Sandbox) -> Vec<(String, String)> {
     vars.into_iter().collect()
 }
 
+/// What every service gets from `dev`, also used to fill the manifest's `${VAR}`:
+/// the configuration's values, plus the Redis address on the forward and the
+/// effective TLS settings.
+struct ServiceVars {
+    vars: BTreeMap<String, String>,
+    /// `dev` set REDIS_TLS_SKIP_VERIFY=true itself (and must say so).
+    skip_verify_given: bool,
+}
+
+impl ServiceVars {
+    fn new(config: &Config) -> ServiceVars {
+        let mut vars = config.child_env();
+        let mut skip_verify_given = false;
+        if let Some(redis) = &config.redis {
+            let via_tunnel = config.tunnel.enabled;
+            let port = if via_tunnel { redis.local_port } else { redis.port };
+            let host = if via_tunnel { "127.0.0.1" } else { redis.host.as_str() };
+            let addr = format!("{host}:{port}");
+            vars.entry("REDIS_ADDR".into()).or_insert_with(|| addr.clone());
+            vars.entry("REDIS_ADDRESS".into()).or_insert(addr);
+            // The effective TLS setting, also when it came from a `rediss://` endpoint.
+            vars.insert("REDIS_TLS_ENABLED".into(), redis.tls.to_string());
+            // Through 127.0.0.1 the services' clients cannot match the endpoint's name; `dev`
+            // verifies it before they start. An explicit setting is the user's to keep.
+            let explicit = vars.contains_key("REDIS_TLS_SKIP_VERIFY")
+                || config.shell_var("REDIS_TLS_SKIP_VERIFY").is_some();
+            if redis.tls && via_tunnel && !explicit {
+                vars.insert("REDIS_TLS_SKIP_VERIFY".into(), "true".into());
+                skip_verify_given = true;
+            }
+        }
+        ServiceVars { vars, skip_verify_given }
+    }
+}
+
 /// The manifest with `${VAR}` taken from the configuration.
 fn load_manifest(
     args: &DevArgs,
     ctx: &Context,
-    config: &Config,
+    vars: &BTreeMap<String, String>,
     sandbox: Option<&mesh_sandbox::Sandbox>,
 ) -> anyhow::Result<Manifest> {
-    let mut vars = config.child_env();
+    let mut vars = vars.clone();
     let exe = std::env::current_exe().context("find the xtask binary")?;
     vars.insert("XTASK_EXE".into(), exe.display().to_string());
     let path = match (&args.manifest, sandbox) {
@@ -312,31 +348,22 @@ async fn run_services(
     ctx: &Context,
     config: &Config,
     manifest: Manifest,
+    vars: ServiceVars,
     tunnel: Option<&DevTunnel>,
     sandbox: Option<&mesh_sandbox::Sandbox>,
 ) -> anyhow::Result<ExitCode> {
-    let mut vars = config.child_env();
-    if let Some(redis) = &config.redis {
-        let local =
-            format!("127.0.0.1:{}", if tunnel.is_some() { redis.local_port } else { redis.port });
-        vars.entry("REDIS_ADDR".into()).or_insert_with(|| local.clone());
-        vars.entry("REDIS_ADDRESS".into()).or_insert(local);
-        // The effective TLS setting, also when it came from a `rediss://` endpoint.
-        vars.insert("REDIS_TLS_ENABLED".into(), redis.tls.to_string());
-        if redis.tls && tunnel.is_some() {
-            vars.insert("REDIS_TLS_SKIP_VERIFY".into(), "true".into());
-            ctx.out.warn(
-                "REDIS_TLS_SKIP_VERIFY=true for the services: their clients dial 127.0.0.1, \
-                 where the endpoint's certificate name cannot match",
-            );
-        }
+    if vars.skip_verify_given {
+        ctx.out.warn(
+            "REDIS_TLS_SKIP_VERIFY=true for the services: their clients dial 127.0.0.1, where \
+             the endpoint's certificate name cannot match (`dev` verified it above)",
+        );
     }
     let log_dir = match sandbox {
         Some(sandbox) => sandbox.dir().join("logs"),
         None => config.state_root.join("logs"),
     };
     let options = mesh_supervisor::Options {
-        vars,
+        vars: vars.vars,
         only: args.only.clone(),
         log_dir,
         color: ctx.out.color,

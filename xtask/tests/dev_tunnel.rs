@@ -158,7 +158,10 @@ fn dev_with_tls_verified_as_the_endpoint_name_starts_services_with_skip_verify()
     let manifest = dir.path().join("services.toml");
     std::fs::write(
         &manifest,
-        "[services.app]\nshell = \"echo skip=$$REDIS_TLS_SKIP_VERIFY tls=$$REDIS_TLS_ENABLED; sleep 300\"\n\
+        // The [env] block is the default services.toml's: it must see what `dev` decided.
+        "[env]\nREDIS_TLS_ENABLED = \"${REDIS_TLS_ENABLED:-false}\"\n\
+         REDIS_TLS_SKIP_VERIFY = \"${REDIS_TLS_SKIP_VERIFY:-false}\"\n\
+         [services.app]\nshell = \"echo skip=$$REDIS_TLS_SKIP_VERIFY tls=$$REDIS_TLS_ENABLED; sleep 300\"\n\
          cwd = \".\"\nready = { log_line = \"skip=\" }\n",
     )
     .unwrap();

@@ -498,8 +498,8 @@ async fn render_events(
         };
         if let Some(line) = line {
             match &spinner {
-                Some(s) => s.bar.suspend(|| println!("{line}")),
-                None => println!("{line}"),
+                Some(s) => s.bar.suspend(|| crate::output::print_line(&line)),
+                None => crate::output::print_line(&line),
             }
         }
     }

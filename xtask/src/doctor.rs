@@ -17,7 +17,7 @@ pub struct DoctorArgs {
     /// Check for `dev --sandbox`: no AWS, and the sandbox's own bastion and Redis.
     #[arg(long)]
     sandbox: bool,
-    /// Check for `dev --no-services`: the manifest, its programs and ports do not count.
+    /// Leave the services out: the manifest, its programs and ports do not count.
     #[arg(long)]
     no_services: bool,
     /// Apply the safe local fixes (key mode, .gitignore, .env from .env.example, apt as root).

@@ -68,6 +68,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Dev(_)) {
+        // `cargo xtask env | head` ends quietly, as command-line tools do. `dev` keeps
+        // SIGPIPE ignored: it must outlive its reader to stop the services it started.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
     let ctx = match Context::new(cli.global) {
         Ok(ctx) => ctx,
         Err(err) => return report(&err, None),

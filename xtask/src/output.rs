@@ -47,15 +47,23 @@ impl Output {
     /// A line on stdout for people; suppressed with `--json` and `-q`.
     pub fn say(&self, text: &str) {
         if !self.quiet && !self.json {
-            println!("{text}");
+            print_line(text);
         }
     }
 
     /// Prints a value as pretty JSON on stdout.
     pub fn json(&self, value: &impl serde::Serialize) -> anyhow::Result<()> {
-        println!("{}", serde_json::to_string_pretty(value)?);
+        print_line(&serde_json::to_string_pretty(value)?);
         Ok(())
     }
+}
+
+/// A line on stdout. A reader that went away (`| head`) is not our failure:
+/// the line is dropped instead of panicking, so a running `dev` still stops
+/// its services cleanly.
+pub fn print_line(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 pub const ERROR: Style = AnsiColor::Red.on_default().bold();

@@ -533,7 +533,9 @@ async fn ask(state: &StateDir) -> Option<TunnelReport> {
         Err(e) => report.error = Some(e.to_string()),
     }
     if report.state == "up" {
-        match control::request(&state.socket, Request::Health, Duration::from_secs(5)).await {
+        // The tunnel bounds its PING by 5 s; give the socket more, so a hung Redis is
+        // reported as the degraded tunnel it is, not as an unanswered socket.
+        match control::request(&state.socket, Request::Health, Duration::from_secs(8)).await {
             Ok(Reply::Health(health)) => {
                 if !health.ok {
                     report.state = "degraded".into();
@@ -541,7 +543,10 @@ async fn ask(state: &StateDir) -> Option<TunnelReport> {
                 report.health = Some(health);
             }
             Ok(other) => report.error = Some(format!("unexpected reply {other:?}")),
-            Err(e) => report.error = Some(e.to_string()),
+            Err(e) => {
+                report.state = "degraded".into();
+                report.error = Some(e.to_string());
+            }
         }
     }
     Some(report)

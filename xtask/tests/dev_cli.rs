@@ -74,3 +74,31 @@ fn fail_doctor_blocker_stops_dev_before_anything_starts() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("tunnel"));
 }
+
+#[test]
+fn doctor_with_the_sandbox_env_file_checks_its_bastion_and_redis_and_skips_aws() {
+    let dir = tempfile::tempdir().unwrap();
+    let xtask = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .current_dir(dir.path())
+            .args(args)
+            .env("XTASK_STATE_DIR", dir.path().join("state"))
+            .env("HOME", dir.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let up = xtask(&["sandbox", "up", "--json"]);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap();
+    let env_file = json["env_file"].as_str().unwrap().to_string();
+
+    let doctor = xtask(&["--env-file", &env_file, "doctor"]);
+    let down = xtask(&["sandbox", "down"]);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert_eq!(doctor.status.code(), Some(0), "{report}");
+    assert!(report.contains("[-] AWS"), "{report}");
+    assert!(report.contains("[✓] Bastion"), "{report}");
+    assert!(report.contains("[✓] Redis"), "{report}");
+    assert!(down.status.success());
+}

@@ -22,6 +22,15 @@ pub(crate) struct Env<'a> {
     pub options: &'a Options,
 }
 
+impl Env<'_> {
+    /// Checking the sandbox: `--sandbox`, or the env file `sandbox up` wrote (whose
+    /// bastion and Redis are then checked like any other). No AWS, and the
+    /// services are our stand-ins, not the manifest's.
+    pub fn sandbox(&self) -> bool {
+        self.options.sandbox || self.config.is_some_and(|c| c.get("MESH_SANDBOX") == Some("1"))
+    }
+}
+
 /// A tool's captured output.
 pub(crate) struct Output {
     pub success: bool,

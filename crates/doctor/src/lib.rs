@@ -103,9 +103,13 @@ pub struct Doctor {
 impl Doctor {
     /// Loads the configuration as every command does; a bad one becomes a
     /// Configuration finding instead of an error.
-    pub fn new(load: LoadOptions, options: Options) -> Doctor {
+    pub fn new(load: LoadOptions, mut options: Options) -> Doctor {
         let shell = load.shell.iter().cloned().collect();
         let config = mesh_config::load(&load);
+        // The sandbox's services are our stand-ins: nothing of the manifest to check.
+        if options.sandbox {
+            options.services = false;
+        }
         Doctor { load, shell, config, options, passphrase: None }
     }
 

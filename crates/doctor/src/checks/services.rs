@@ -12,6 +12,10 @@ use crate::env::{install_hint, Env};
 use crate::{Category, CategoryReport, Check};
 
 pub(crate) async fn check(env: &Env<'_>) -> CategoryReport {
+    if env.sandbox() {
+        let why = "not checked: the sandbox runs its own stand-in services";
+        return CategoryReport::skipped(Category::Services, why);
+    }
     if !env.options.services {
         return CategoryReport::skipped(Category::Services, "not checked: services will not run");
     }

@@ -298,10 +298,7 @@ async fn open_tunnel(
     };
     let bind_addrs = crate::tunnel::bind_addrs(config, &start_args, ctx)?;
     let spec = crate::tunnel::spec(config, &start_args, bind_addrs)?;
-    let spinner = Spinner::start(
-        ctx,
-        &format!("tunnel: connecting to {}@{}:{}", bastion.user, bastion.host, bastion.port),
-    );
+    let spinner = Spinner::start(ctx, &format!("tunnel: connecting to {}", spec.destination()));
     let started = async { mesh_tunnel::bind(spec.clone()).await?.start().await }.await;
     spinner.finish();
     let tunnel = started?;

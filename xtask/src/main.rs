@@ -106,7 +106,7 @@ fn main() -> ExitCode {
 /// The one place that prints an error and picks its exit code.
 fn report(err: &anyhow::Error, ctx: Option<&Context>) -> ExitCode {
     let color = ctx.is_some_and(|c| c.out.color);
-    output::error_line(color, &format!("{err:#}"));
+    output::error_line(color, &chain_text(err));
     let usage = err.chain().any(|cause| {
         cause.is::<mesh_config::ConfigError>()
             || cause.is::<UsageError>()
@@ -118,4 +118,21 @@ fn report(err: &anyhow::Error, ctx: Option<&Context>) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// The error and its causes, `: `-separated, leaving out a cause whose text the
+/// message already carries (our errors name their OS cause in their own words).
+fn chain_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }

@@ -229,10 +229,7 @@ fn run_foreground(
         let mut signals = Signals::new()?;
         let bound = mesh_tunnel::bind(spec.clone()).await?;
         if !detached_child {
-            ctx.out.say(&format!(
-                "tunnel: listening, connecting to {}@{}:{} ...",
-                spec.user, spec.host, spec.port
-            ));
+            ctx.out.say(&format!("tunnel: listening, connecting to {} ...", spec.destination()));
         }
         // Ctrl+C while connecting is a clean stop too.
         let tunnel = tokio::select! {
@@ -310,9 +307,11 @@ impl Signals {
 pub(crate) fn say_up(ctx: &Context, state: &StateDir, record: &TunnelRecord) {
     let host = format!("{}@{}:{}", record.bastion_user, record.bastion_host, record.bastion_port);
     ctx.out.say(&format!("tunnel {} up through {host} (pid {})", state.id, record.pid));
+    // Clients should dial the address itself: `localhost` may resolve to the other family.
+    let local = record.bind_addrs.first().map_or("127.0.0.1".to_string(), ToString::to_string);
     for f in &record.forwards {
         ctx.out.say(&format!(
-            "  {:<10} localhost:{} -> {}:{}",
+            "  {:<10} {local}:{} -> {}:{}",
             f.name, f.local_port, f.remote_host, f.remote_port
         ));
     }
@@ -607,7 +606,12 @@ fn print_tunnel(ctx: &Context, status: &StatusReply, health: Option<&control::He
         let num = |key: &str| f[key].as_u64().unwrap_or(0);
         rows.push(vec![
             format!("  {}", f["name"].as_str().unwrap_or("?")),
-            format!("localhost:{}", num("local_port")),
+            // The first address actually bound (IPv4 loopback before ::1).
+            f["bound"]
+                .as_array()
+                .and_then(|bound| bound.first())
+                .and_then(|addr| addr.as_str())
+                .map_or_else(|| format!("127.0.0.1:{}", num("local_port")), str::to_string),
             format!("{}:{}", f["remote_host"].as_str().unwrap_or("?"), num("remote_port")),
             human_bytes(num("bytes_up")),
             human_bytes(num("bytes_down")),

@@ -115,11 +115,10 @@ fn start_detach_status_stop_leaves_no_process_socket_or_pid_file() {
     );
     let stdout = text(&out.stdout);
     assert!(stdout.contains(" up through "), "{stdout}");
-    assert!(stdout.contains(&format!(
-        "localhost:{} -> 127.0.0.1:{}",
-        rig.local_port,
-        rig.redis.port()
-    )));
+    assert!(
+        stdout.contains(&format!("127.0.0.1:{} -> 127.0.0.1:{}", rig.local_port, rig.redis.port())),
+        "{stdout}"
+    );
     assert_eq!(redis_ping(&rig), "PONG");
 
     let dir = rig.tunnel_dir();

@@ -39,7 +39,12 @@ impl Credentials {
 /// the given passphrase or one asked on the terminal, name the fix for a format we can't read.
 pub(crate) fn load_key(path: &Path, spec: &TunnelSpec) -> Result<PrivateKey, TunnelError> {
     let unreadable = |source| TunnelError::KeyUnreadable { path: path.into(), source };
-    let mode = std::fs::metadata(path).map_err(unreadable)?.permissions().mode();
+    let metadata = std::fs::metadata(path).map_err(unreadable)?;
+    if !metadata.is_file() {
+        let not_a_file = std::io::Error::other("it is not a regular file");
+        return Err(unreadable(not_a_file));
+    }
+    let mode = metadata.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(TunnelError::KeyPermissions { path: path.into(), mode: mode & 0o7777 });
     }

@@ -85,6 +85,15 @@ impl TunnelSpec {
         }
     }
 
+    /// The bastion as it will be dialled, `user@host:port`, after the
+    /// `~/.ssh/config` alias and the defaults: for messages.
+    pub fn destination(&self) -> String {
+        match self.resolve() {
+            Ok(target) => target.to_string(),
+            Err(_) => self.host.clone(),
+        }
+    }
+
     /// Applies the `ssh_config` alias, if any, to the values the spec leaves unset.
     pub(crate) fn resolve(&self) -> Result<Target, TunnelError> {
         let alias = match &self.ssh_config {

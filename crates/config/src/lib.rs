@@ -50,6 +50,8 @@ pub enum ConfigError {
         cwd.display()
     )]
     EnvFileMissing { path: PathBuf, cwd: PathBuf },
+    #[error("--env-file {}: is a directory; name the env file itself", path.display())]
+    EnvFileIsDir { path: PathBuf },
     #[error("cannot read {}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{}:{}: {}", .0.path.display(), .0.line, .0.message)]
@@ -133,8 +135,20 @@ pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
     let mut layered: BTreeMap<String, Value> = BTreeMap::new();
 
     for (path, shown) in &files {
-        let text = std::fs::read_to_string(path)
+        let bytes = std::fs::read(path)
             .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let line = e.as_bytes()[..e.utf8_error().valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
+            ConfigError::Syntax(SyntaxError {
+                path: shown.clone(),
+                line,
+                message: "is not UTF-8 text: save the file as UTF-8".into(),
+            })
+        })?;
         let entries = dotenv::parse(shown, &text).map_err(ConfigError::Syntax)?;
         let layer = entries.into_iter().map(|e| {
             let origin = Origin::File { path: shown.clone(), line: e.line };
@@ -178,6 +192,8 @@ fn files_to_read(options: &LoadOptions) -> Result<Vec<(PathBuf, PathBuf)>, Confi
             let path = if p.is_absolute() { p.clone() } else { options.cwd.join(p) };
             if path.is_file() {
                 Ok((path, p.clone()))
+            } else if path.is_dir() {
+                Err(ConfigError::EnvFileIsDir { path: p.clone() })
             } else {
                 Err(ConfigError::EnvFileMissing { path: p.clone(), cwd: options.cwd.clone() })
             }
@@ -314,10 +330,11 @@ impl Config {
 
     /// Every value read from files, the sandbox and flags (not the shell, which
     /// children inherit anyway), secrets included: for a child's environment only.
+    /// The key's passphrase is ours alone and never handed on.
     pub fn child_env(&self) -> BTreeMap<String, String> {
         self.values
             .values()
-            .filter(|v| v.origin != Origin::Shell)
+            .filter(|v| v.origin != Origin::Shell && v.name != "BASTION_KEY_PASSPHRASE")
             .map(|v| (v.name.clone(), v.raw.clone()))
             .collect()
     }

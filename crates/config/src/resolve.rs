@@ -242,6 +242,15 @@ impl Reader<'_> {
             username: self.text("REDIS_USERNAME"),
             password: self.secret("REDIS_PASSWORD"),
             tls: match self.values.get("REDIS_TLS_ENABLED") {
+                Some(v) if scheme_tls && tls_flag == Some(false) => {
+                    let (origin, written) = (v.origin.clone(), v.written_as.clone());
+                    let message = format!(
+                        "{written}=false contradicts the `rediss://` endpoint, which asks for \
+                         TLS: remove one of them (ElastiCache with encryption needs TLS)"
+                    );
+                    self.error(origin, &written, message);
+                    false
+                }
                 Some(_) => tls_flag.unwrap_or(false),
                 None => scheme_tls,
             },
@@ -274,7 +283,14 @@ impl Reader<'_> {
             }
             None => (raw.as_str(), false),
         };
-        let rest = rest.trim_end_matches('/');
+        let (rest, database) = rest.split_once('/').unwrap_or((rest, ""));
+        if !database.is_empty() {
+            let message = format!(
+                "{written} names database `/{database}`, which the tunnel and the checks do not \
+                 use (the services choose their own): drop it from the endpoint"
+            );
+            self.warn(origin.clone(), &written, message);
+        }
         if rest.contains('@') {
             let message = format!(
                 "{written} carries credentials: remove them from the endpoint and set \
@@ -287,7 +303,7 @@ impl Reader<'_> {
             Ok((host, Some(port))) => match parse_port(port) {
                 Ok(port) => (host, port),
                 Err(why) => {
-                    self.error(origin, &written, format!("{written}={raw}: the port {why}"));
+                    self.error(origin, &written, format!("{written}={raw}: {why}"));
                     return None;
                 }
             },
@@ -445,6 +461,12 @@ fn split_host_port(raw: &str) -> Result<(&str, Option<&str>), String> {
     }
     let host_port = match raw.rsplit_once(':') {
         Some((host, port)) if !host.contains(':') => (host, Some(port)),
+        Some(_) if raw.parse::<std::net::Ipv6Addr>().is_err() => {
+            return Err(
+                "has more than one `:`: write `host:port` (an IPv6 address as `[addr]:port`)"
+                    .into(),
+            );
+        }
         _ => (raw, None),
     };
     if host_port.0.is_empty() {

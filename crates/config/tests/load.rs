@@ -234,4 +234,46 @@ fn secrets_are_redacted_in_rows_and_debug() {
         assert!(!shown.contains(secret), "{secret} leaked");
     }
     assert_eq!(config.child_env()["REDIS_PASSWORD"], "hunter2");
+    assert!(!config.child_env().contains_key("BASTION_KEY_PASSPHRASE"), "never handed on");
+}
+
+#[test]
+fn fail_endpoint_with_two_ports_or_a_tls_contradiction() {
+    let (_dir, options) = workspace(&[(".env", "ELASTICACHE_ENDPOINT=h.example.com:6379:1\n")]);
+    assert_eq!(
+        error_text(&options),
+        ".env:1: ELASTICACHE_ENDPOINT=h.example.com:6379:1: has more than one `:`: write \
+         `host:port` (an IPv6 address as `[addr]:port`)"
+    );
+    let (_dir, options) = workspace(&[(
+        ".env",
+        "ELASTICACHE_ENDPOINT=rediss://c.example:6380\nREDIS_TLS_ENABLED=false\n",
+    )]);
+    assert_eq!(
+        error_text(&options),
+        ".env:2: REDIS_TLS_ENABLED=false contradicts the `rediss://` endpoint, which asks for \
+         TLS: remove one of them (ElastiCache with encryption needs TLS)"
+    );
+}
+
+#[test]
+fn endpoint_database_suffix_is_dropped_with_a_warning() {
+    let (_dir, options) = workspace(&[(".env", "ELASTICACHE_ENDPOINT=redis://h.example:6379/3\n")]);
+    let config = load(&options).unwrap();
+    assert_eq!(config.require_redis().unwrap().port, 6379);
+    assert_eq!(
+        config.warnings[0].to_string(),
+        ".env:1: ELASTICACHE_ENDPOINT names database `/3`, which the tunnel and the checks do \
+         not use (the services choose their own): drop it from the endpoint"
+    );
+}
+
+#[test]
+fn fail_non_utf8_file_and_directory_env_file() {
+    let (dir, mut options) = workspace(&[(".env", "A=1\n")]);
+    std::fs::write(dir.path().join(".env"), b"A=1\nB=\xff\xfe\n").unwrap();
+    assert_eq!(error_text(&options), ".env:2: is not UTF-8 text: save the file as UTF-8");
+    std::fs::create_dir(dir.path().join("envs")).unwrap();
+    options.env_files = vec!["envs".into()];
+    assert_eq!(error_text(&options), "--env-file envs: is a directory; name the env file itself");
 }

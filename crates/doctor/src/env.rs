@@ -87,6 +87,8 @@ impl<'a> Env<'a> {
     }
 
     /// Runs `program` with the child environment only, killed when `timeout` passes.
+    /// Secrets stay out of it (a tool's `--version` needs none), except the AWS
+    /// credentials the AWS CLI is run to check.
     pub async fn run(
         &self,
         program: &Path,
@@ -97,7 +99,9 @@ impl<'a> Env<'a> {
         command
             .args(args)
             .env_clear()
-            .envs(&self.child_env)
+            .envs(self.child_env.iter().filter(|(name, _)| {
+                !mesh_config::looks_secret(name) || name.starts_with("AWS_")
+            }))
             .current_dir(self.root)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

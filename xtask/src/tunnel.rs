@@ -383,7 +383,15 @@ fn detach_request(
 }
 
 fn stop(args: &StopArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
-    let states = if args.all { state_root_or_env(ctx)?.list()? } else { vec![setup(ctx)?.state] };
+    let states = if args.all {
+        state_root_or_env(ctx)?.list()?
+    } else {
+        let setup = setup(ctx).context(
+            "cannot tell which tunnel to stop from this configuration; \
+             `cargo xtask tunnel stop --all` stops every running tunnel",
+        )?;
+        vec![setup.state]
+    };
     let rt = runtime()?;
     let exes: Vec<PathBuf> = std::env::current_exe().into_iter().collect();
     let mut stopped = Vec::new();

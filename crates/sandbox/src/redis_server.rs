@@ -56,12 +56,23 @@ impl LocalRedis {
         let log = dir.join("redis.log");
         write_config(&config, dir, &log, port, &password, tls.as_ref())?;
 
-        let child = Command::new(&program)
+        let mut command = Command::new(&program);
+        command
             .arg(&config)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::null());
+        // A sandbox killed with SIGKILL must not leave its Redis running: the kernel
+        // stops it when the thread that started it (the sandbox's main thread) dies.
+        #[cfg(target_os = "linux")]
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = command
             .spawn()
             .map_err(|source| SandboxError::Spawn { program: program.clone(), source })?;
         let mut redis = LocalRedis { child: Some(child), port, password, log, tls };

@@ -99,9 +99,11 @@ impl<'a> Env<'a> {
         command
             .args(args)
             .env_clear()
-            .envs(self.child_env.iter().filter(|(name, _)| {
-                !mesh_config::looks_secret(name) || name.starts_with("AWS_")
-            }))
+            .envs(
+                self.child_env.iter().filter(|(name, _)| {
+                    !mesh_config::looks_secret(name) || name.starts_with("AWS_")
+                }),
+            )
             .current_dir(self.root)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -3,8 +3,8 @@
 //! something else by its first bytes), and decoding a reply into a [`Value`].
 //!
 //! [`Client`] is a small blocking client over these, plain or TLS, for callers without a
-//! runtime (the sandbox's stand-in services). We never ask for RESP3 (`HELLO 3`): [`frame`] still finds the
-//! end of a RESP3 reply, but [`decode`] calls one malformed.
+//! runtime (the sandbox's stand-in services). We never ask for RESP3 (`HELLO 3`): [`frame`]
+//! still finds the end of a RESP3 reply, but [`decode`] calls one malformed.
 
 mod client;
 

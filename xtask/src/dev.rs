@@ -101,6 +101,8 @@ async fn pipeline(
         None => ctx.load_options(ctx.global.env_files.clone(), Vec::new()),
     };
     let config = ctx.load(&load)?;
+    // Without Redis there is nothing to run: say so before the manifest's own needs.
+    config.require_redis()?;
     let vars = ServiceVars::new(&config);
     let manifest = load_manifest(args, ctx, &vars.vars, sandbox)?;
     let selected = manifest.select(&args.only)?;

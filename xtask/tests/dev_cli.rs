@@ -102,3 +102,25 @@ fn doctor_with_the_sandbox_env_file_checks_its_bastion_and_redis_and_skips_aws()
     assert!(report.contains("[✓] Redis"), "{report}");
     assert!(down.status.success());
 }
+
+#[test]
+fn fail_dev_without_any_configuration_points_to_env_example() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("empty.env"), "# nothing yet\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(dir.path())
+        .args(["--env-file", "empty.env", "dev"])
+        .env("XTASK_STATE_DIR", dir.path().join("state"))
+        .env("NO_COLOR", "1")
+        .env_remove("ELASTICACHE_ENDPOINT")
+        .env_remove("REDIS_HOST")
+        .env_remove("MESH_ROOT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: ELASTICACHE_ENDPOINT is not set, and Redis needs it: add \
+         `ELASTICACHE_ENDPOINT=...` to .env (see .env.example for every variable), or export it\n"
+    );
+}

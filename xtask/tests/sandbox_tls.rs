@@ -10,6 +10,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{alive, descendants, env_value};
+
 /// Runs the xtask binary with its state and temp dirs inside `tmp`.
 fn xtask(tmp: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xtask"))
@@ -52,37 +55,6 @@ fn left_in(tmp: &Path) -> Vec<String> {
         }
     }
     left
-}
-
-/// Every process whose parent is `pid`, recursively.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    let mut frontier = vec![pid];
-    while let Some(parent) = frontier.pop() {
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
-            let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-            let ppid: u32 = after_name.split(' ').nth(1).unwrap().parse().unwrap();
-            if ppid == parent {
-                found.push(child);
-                frontier.push(child);
-            }
-        }
-    }
-    found
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
-}
-
-/// The value of `name` in a dotenv file the sandbox wrote (NAME=value lines).
-fn env_value(file: &Path, name: &str) -> String {
-    let text = std::fs::read_to_string(file).unwrap();
-    let line = text.lines().find(|l| l.starts_with(&format!("{name}="))).unwrap();
-    line.split_once('=').unwrap().1.trim_matches(|c| c == '"' || c == '\'').to_string()
 }
 
 /// POSTs `body` to rest-api's webhook route; returns the whole HTTP answer.

@@ -2,10 +2,9 @@
 //! loop comes up, an event POSTed to rest-api is acknowledged by the worker
 //! (asserted in Redis), Ctrl+C stops everything and nothing is left behind.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -24,26 +23,8 @@ fn redis_cli(port: &str, password: &str, args: &[&str]) -> String {
 #[test]
 fn dev_sandbox_moves_an_event_end_to_end_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["dev", "--sandbox"])
-        .env("TMPDIR", tmp.path())
-        .env("XTASK_STATE_DIR", tmp.path().join("state"))
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, lines_rx, reader) = common::spawn_dev_sandbox(tmp.path(), &[]);
     let pid = child.id();
-    let (lines_tx, lines_rx) = mpsc::channel::<String>();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line.clone());
-            all.push(line);
-        }
-        all
-    });
     let mut stderr = child.stderr.take().unwrap();
 
     // Wait until the worker is ready, noting the sandbox directory on the way.

@@ -3,10 +3,10 @@
 //! stand-ins speak TLS to it through the tunnel, an event POSTed to rest-api is
 //! processed by the worker, Ctrl+C stops everything and nothing is left behind.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -90,26 +90,8 @@ fn next_line(
 #[test]
 fn dev_sandbox_tls_moves_an_event_through_tls_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["dev", "--sandbox", "--tls"])
-        .env("TMPDIR", tmp.path())
-        .env("XTASK_STATE_DIR", tmp.path().join("state"))
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, lines_rx, reader) = common::spawn_dev_sandbox(tmp.path(), &["--tls"]);
     let pid = child.id();
-    let (lines_tx, lines_rx) = mpsc::channel::<String>();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line.clone());
-            all.push(line);
-        }
-        all
-    });
 
     // Until the worker is ready: the endpoint, the sandbox directory, dev's TLS verdict.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -2,8 +2,8 @@
 //! the same local redis-server with the same parameters and prints the throughput ratio.
 //!
 //! ```text
-//! cargo run -p mesh-probe --example versus_redis_benchmark            # dev profile, as users run it
-//! cargo run -p mesh-probe --example versus_redis_benchmark --release  # for comparison
+//! # the dev profile, as users run it; add --release for comparison
+//! cargo run -p mesh-probe --example versus_redis_benchmark
 //! REQUESTS=500000 cargo run -p mesh-probe --example versus_redis_benchmark
 //! ```
 //!

@@ -1,7 +1,40 @@
 //! Helpers shared by the xtask CLI tests that watch the processes and files a
 //! `dev --sandbox` run leaves (or must not leave) behind.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+/// `cargo xtask dev --sandbox ARGS` with its state and temp dirs in `tmp`: the
+/// child, its stdout lines as they come, and every line once it has ended.
+pub fn spawn_dev_sandbox(
+    tmp: &Path,
+    args: &[&str],
+) -> (Child, mpsc::Receiver<String>, JoinHandle<Vec<String>>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["dev", "--sandbox"])
+        .args(args)
+        .env("TMPDIR", tmp)
+        .env("XTASK_STATE_DIR", tmp.join("state"))
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines_rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line.clone());
+            all.push(line);
+        }
+        all
+    });
+    (child, lines_rx, reader)
+}
 
 /// Every process whose parent is `pid`, recursively.
 pub fn descendants(pid: u32) -> Vec<u32> {

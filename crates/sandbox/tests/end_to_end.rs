@@ -167,7 +167,10 @@ fn an_event_posted_to_rest_api_is_acknowledged_by_the_worker_and_nothing_is_left
     assert_eq!(status, 202, "{body}");
     let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
     let id = reply["id"].as_str().unwrap().to_string();
-    assert!(rest.has_logged(&format!("event {id} accepted")));
+    // The log line travels through a pipe and a reader thread: it may trail the reply.
+    wait_for("rest-api to log the event", Duration::from_secs(5), || {
+        rest.has_logged(&format!("event {id} accepted")).then_some(())
+    });
     wait_for("the worker to process the event", Duration::from_secs(10), || {
         worker.has_logged(&format!("event {id} processed")).then_some(())
     });

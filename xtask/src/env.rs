@@ -31,7 +31,12 @@ pub fn run(args: EnvArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
 
     let mut lines = vec![["NAME", "VALUE", "SOURCE"].map(|h| ctx.out.paint(BOLD, h)).to_vec()];
     for row in rows.iter().filter(|r| args.all || r.value.is_some()) {
-        let value = row.value.clone().unwrap_or_else(|| ctx.out.paint(DIM, "(unset)"));
+        let mut value = row.value.clone().unwrap_or_else(|| ctx.out.paint(DIM, "(unset)"));
+        if let Some(note) = &row.note {
+            value = format!("{value} {}", ctx.out.paint(DIM, &format!("({note})")))
+                .trim_start()
+                .to_string();
+        }
         let mut source = row.source.as_ref().map_or_else(String::new, ToString::to_string);
         if let Some(alias) = &row.alias_used {
             source.push_str(&format!(" (as {alias})"));

@@ -135,3 +135,49 @@ fn completions_are_generated() {
     assert!(out.status.success());
     assert!(stdout(&out).contains("cargo-xtask"));
 }
+
+#[test]
+fn env_shows_the_effective_value_where_it_differs_from_the_written_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tls.env"),
+        "ELASTICACHE_ENDPOINT=rediss://c.example\nREDIS_TUNNEL_PORT=\n",
+    )
+    .unwrap();
+    let out = xtask(dir.path(), &["--env-file", "tls.env", "env"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let line = |name: &str| {
+        let l = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap();
+        l.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    assert_eq!(
+        line("REDIS_TLS_ENABLED"),
+        "REDIS_TLS_ENABLED true (from rediss:// in ELASTICACHE_ENDPOINT) tls.env:1"
+    );
+    assert_eq!(
+        line("REDIS_TUNNEL_PORT"),
+        "REDIS_TUNNEL_PORT 6379 (default: the value is empty) tls.env:2"
+    );
+    assert_eq!(
+        line("USE_SSH_TUNNEL_FOR_REDIS"),
+        "USE_SSH_TUNNEL_FOR_REDIS false (BASTION_HOST_IP is not set) default"
+    );
+
+    let out = xtask(dir.path(), &["--env-file", "tls.env", "env", "--json"], &[]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let var = |name: &str| {
+        json["variables"].as_array().unwrap().iter().find(|v| v["name"] == name).unwrap().clone()
+    };
+    let tls = var("REDIS_TLS_ENABLED");
+    assert_eq!(
+        (&tls["value"], &tls["note"]),
+        (&"true".into(), &"from rediss:// in ELASTICACHE_ENDPOINT".into())
+    );
+    let port = var("REDIS_TUNNEL_PORT");
+    assert_eq!(
+        (&port["value"], &port["note"]),
+        (&"6379".into(), &"default: the value is empty".into())
+    );
+    assert_eq!(port["source"]["line"], 2);
+}

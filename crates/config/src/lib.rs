@@ -107,6 +107,9 @@ pub struct Row {
     pub secret: bool,
     pub alias_used: Option<String>,
     pub documented: bool,
+    /// Why `value` is not what was written, when the tool uses something else: a
+    /// `rediss://` endpoint turning TLS on, a default standing in for an empty value.
+    pub note: Option<String>,
 }
 
 /// The loaded, validated configuration.
@@ -305,7 +308,7 @@ impl Config {
     pub fn rows(&self) -> Vec<Row> {
         let documented = VARS.iter().map(|spec| {
             let value = self.values.get(spec.name);
-            Row {
+            let mut row = Row {
                 name: spec.name.to_string(),
                 value: value
                     .map(|v| v.display_value().to_string())
@@ -314,7 +317,10 @@ impl Config {
                 secret: spec.secret,
                 alias_used: value.filter(|v| v.written_as != v.name).map(|v| v.written_as.clone()),
                 documented: true,
-            }
+                note: None,
+            };
+            self.effective(spec, value, &mut row);
+            row
         });
         let others =
             self.values.values().filter(|v| vars::lookup(&v.name).is_none()).map(|v| Row {
@@ -324,8 +330,48 @@ impl Config {
                 secret: looks_secret(&v.name),
                 alias_used: None,
                 documented: false,
+                note: None,
             });
         documented.chain(others).collect()
+    }
+
+    /// Puts into `row` the value the tool really uses where it differs from what
+    /// was written (or not written), with the reason in `note`.
+    fn effective(&self, spec: &VarSpec, value: Option<&Value>, row: &mut Row) {
+        let blank = value.is_some_and(|v| v.raw.trim().is_empty());
+        let unset = value.is_none() || blank;
+        let derived = match spec.name {
+            "REDIS_TLS_ENABLED" if unset && self.redis.as_ref().is_some_and(|r| r.tls) => {
+                let endpoint = self.values.get("ELASTICACHE_ENDPOINT");
+                let written = endpoint.map_or("ELASTICACHE_ENDPOINT", |v| v.written_as.as_str());
+                row.source = endpoint.map(|v| v.origin.clone());
+                Some(("true".to_string(), Some(format!("from rediss:// in {written}"))))
+            }
+            "USE_SSH_TUNNEL_FOR_REDIS" if unset => {
+                let why = if self.bastion.is_some() {
+                    "BASTION_HOST_IP is set"
+                } else {
+                    "BASTION_HOST_IP is not set"
+                };
+                Some((self.tunnel.enabled.to_string(), Some(why.to_string())))
+            }
+            // The default depends on XDG_STATE_HOME and HOME: show where it is.
+            "XTASK_STATE_DIR" if unset => {
+                let note = blank.then(|| "default: the value is empty".to_string());
+                Some((self.state_root.display().to_string(), note))
+            }
+            _ if blank && !spec.secret => Some(match spec.default {
+                Some(default) => (default.to_string(), Some("default: the value is empty".into())),
+                None => (String::new(), Some("empty: the same as unset".into())),
+            }),
+            _ => None,
+        };
+        let Some((effective, note)) = derived else { return };
+        if value.is_none() && row.source.is_none() {
+            row.source = Some(Origin::Default);
+        }
+        row.value = Some(effective);
+        row.note = note;
     }
 
     /// Every value read from files, the sandbox and flags (not the shell, which

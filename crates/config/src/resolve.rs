@@ -242,7 +242,7 @@ impl Reader<'_> {
             username: self.text("REDIS_USERNAME"),
             password: self.secret("REDIS_PASSWORD"),
             tls: match self.values.get("REDIS_TLS_ENABLED") {
-                Some(v) if scheme_tls && tls_flag == Some(false) => {
+                Some(v) if scheme_tls && tls_flag == Some(false) && !v.raw.trim().is_empty() => {
                     let (origin, written) = (v.origin.clone(), v.written_as.clone());
                     let message = format!(
                         "{written}=false contradicts the `rediss://` endpoint, which asks for \
@@ -251,8 +251,9 @@ impl Reader<'_> {
                     self.error(origin, &written, message);
                     false
                 }
-                Some(_) => tls_flag.unwrap_or(false),
-                None => scheme_tls,
+                // Set empty, it is unset: the scheme decides.
+                Some(v) if !v.raw.trim().is_empty() => tls_flag.unwrap_or(false),
+                _ => scheme_tls,
             },
             ca_cert,
         })

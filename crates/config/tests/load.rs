@@ -277,3 +277,48 @@ fn fail_non_utf8_file_and_directory_env_file() {
     options.env_files = vec!["envs".into()];
     assert_eq!(error_text(&options), "--env-file envs: is a directory; name the env file itself");
 }
+
+#[test]
+fn rows_show_the_effective_value_and_why_it_differs() {
+    let (_dir, options) = workspace(&[(
+        ".env",
+        "REDIS_HOST=rediss://c.example\nREDIS_TUNNEL_PORT=\nREDIS_USERNAME=\nBASTION_HOST_IP=10.0.0.1\n",
+    )]);
+    let config = load(&options).unwrap();
+    let rows = config.rows();
+    let row = |name: &str| rows.iter().find(|r| r.name == name).unwrap();
+    let file = |line| Some(Origin::File { path: ".env".into(), line });
+
+    let tls = row("REDIS_TLS_ENABLED");
+    assert_eq!(tls.value.as_deref(), Some("true"));
+    assert_eq!(tls.note.as_deref(), Some("from rediss:// in REDIS_HOST"));
+    assert_eq!(tls.source, file(1));
+    let port = row("REDIS_TUNNEL_PORT");
+    assert_eq!(port.value.as_deref(), Some("6379"));
+    assert_eq!(port.note.as_deref(), Some("default: the value is empty"));
+    assert_eq!(port.source, file(2));
+    let user = row("REDIS_USERNAME");
+    assert_eq!(
+        (user.value.as_deref(), user.note.as_deref()),
+        (Some(""), Some("empty: the same as unset"))
+    );
+    let tunnel = row("USE_SSH_TUNNEL_FOR_REDIS");
+    assert_eq!(tunnel.value.as_deref(), Some("true"));
+    assert_eq!(tunnel.note.as_deref(), Some("BASTION_HOST_IP is set"));
+    assert_eq!(tunnel.source, Some(Origin::Default));
+    let state = row("XTASK_STATE_DIR");
+    assert_eq!(state.value.as_deref(), Some("/home/dev/.local/state/mesh-dev"));
+    assert_eq!(row("BASTION_PORT").note, None, "a plain default needs no note");
+}
+
+#[test]
+fn empty_tls_flag_leaves_the_rediss_scheme_in_charge() {
+    let (_dir, options) =
+        workspace(&[(".env", "ELASTICACHE_ENDPOINT=rediss://c.example\nREDIS_TLS_ENABLED=\n")]);
+    let config = load(&options).unwrap();
+    assert!(config.require_redis().unwrap().tls);
+    let rows = config.rows();
+    let tls = rows.iter().find(|r| r.name == "REDIS_TLS_ENABLED").unwrap();
+    assert_eq!(tls.value.as_deref(), Some("true"));
+    assert_eq!(tls.note.as_deref(), Some("from rediss:// in ELASTICACHE_ENDPOINT"));
+}

@@ -6,6 +6,7 @@ use crate::output::{paint, DIM, ERROR, WARN};
 use anyhow::{bail, Context as _};
 use indicatif::{ProgressBar, ProgressStyle};
 use mesh_config::Config;
+use mesh_doctor::{Category, Severity};
 use mesh_supervisor::{Event, Manifest, Outcome, StopHandle, Supervisor};
 use mesh_tunnel::control::{self, ControlError, SharedTunnel, StateDir};
 use mesh_tunnel::State;
@@ -147,13 +148,22 @@ async fn quick_checks(
     spinner.finish();
     if !report.ok {
         eprint!("{}", crate::doctor::render(&report, ctx.global.verbose > 0, ctx.out.color));
-        bail!(
-            "the checks above found what would stop `dev`: apply their fixes (`cargo xtask \
-             doctor --fix` does the safe ones), or pass --skip-checks to start anyway"
-        );
+        let message = "the checks above found what would stop `dev`: apply their fixes (`cargo \
+                       xtask doctor --fix` does the safe ones), or pass --skip-checks to start \
+                       anyway";
+        // Only the configuration or the key file it names at fault: exit 2, as `tunnel
+        // start` and `dev --skip-checks` do for the same input.
+        let configuration = report
+            .categories
+            .iter()
+            .filter(|c| c.severity == Severity::Fail)
+            .all(|c| matches!(c.category, Category::Configuration | Category::SshKey));
+        if configuration {
+            return Err(crate::context::UsageError(message.into()).into());
+        }
+        bail!("{message}");
     }
-    let warnings =
-        report.checks().filter(|(_, c)| c.severity == mesh_doctor::Severity::Warn).count();
+    let warnings = report.checks().filter(|(_, c)| c.severity == Severity::Warn).count();
     let note = match warnings {
         0 => "checks: all passed".to_string(),
         n => format!("checks: passed, {n} warning(s): `cargo xtask doctor` shows them"),

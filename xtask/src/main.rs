@@ -16,13 +16,15 @@ mod tunnel;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use context::{Context, GlobalArgs, UsageError};
+use mesh_tunnel::control::ControlError;
+use mesh_tunnel::TunnelError;
 use std::process::ExitCode;
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  the thing checked is not right (a doctor [✗], a failed check, a service failed)
-  2  usage or configuration error
+  2  usage or configuration error (a missing or unusable key file included)
   tunnel status: 0 up and healthy, 1 degraded or reconnecting, 3 not running, 4 unknown";
 
 /// The developer workflow: checks, SSH tunnel to Redis, and the platform's services.
@@ -112,12 +114,32 @@ fn report(err: &anyhow::Error, ctx: Option<&Context>) -> ExitCode {
             || cause.is::<UsageError>()
             || cause.is::<mesh_supervisor::ManifestError>()
             || cause.is::<mesh_supervisor::PathError>()
+            || cause.downcast_ref().is_some_and(local_key_problem)
+            || cause.downcast_ref().is_some_and(|e| {
+                // A detached tunnel that stopped on a configuration error exited 2 itself.
+                matches!(e, ControlError::ChildFailed { status, .. } if status.code() == Some(2))
+            })
     });
     if usage {
         ExitCode::from(2)
     } else {
         ExitCode::from(1)
     }
+}
+
+/// Key problems are configuration: the file BASTION_KEY_FILE names is missing, not a file,
+/// readable by others, in a format we cannot read or needs a passphrase (the doctor files them
+/// all under `SSH key`); no network was involved.
+fn local_key_problem(err: &TunnelError) -> bool {
+    matches!(
+        err,
+        TunnelError::KeyUnreadable { .. }
+            | TunnelError::KeyPermissions { .. }
+            | TunnelError::KeyNeedsPassphrase { .. }
+            | TunnelError::WrongPassphrase { .. }
+            | TunnelError::UnsupportedKeyFormat { .. }
+            | TunnelError::NoCredentials { .. }
+    )
 }
 
 /// The error and its causes, `: `-separated, leaving out a cause whose text the

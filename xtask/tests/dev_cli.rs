@@ -63,7 +63,8 @@ fn fail_doctor_blocker_stops_dev_before_anything_starts() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // A key readable by others is the configuration's to fix: exit 2, as `tunnel start` says.
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(&format!("chmod 600 {}", key.display())), "{stderr}");
     assert!(
         stderr.ends_with(
@@ -123,4 +124,59 @@ fn fail_dev_without_any_configuration_points_to_env_example() {
         "error: ELASTICACHE_ENDPOINT is not set, and Redis needs it: add \
          `ELASTICACHE_ENDPOINT=...` to .env (see .env.example for every variable), or export it\n"
     );
+}
+
+#[test]
+fn fail_missing_key_file_exits_2_from_dev_with_or_without_checks_and_1_from_doctor() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("missing.pem");
+    std::fs::write(
+        dir.path().join("dev.env"),
+        format!(
+            "BASTION_HOST_IP=127.0.0.1\nBASTION_PORT={}\nBASTION_KEY_FILE={}\n\
+             ELASTICACHE_ENDPOINT=cache.internal\nREDIS_TUNNEL_PORT={}\n",
+            mesh_testkit::free_port(),
+            key.display(),
+            mesh_testkit::free_port()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("services.toml"),
+        "[services.app]\ncommand = [\"sleep\", \"30\"]\ncwd = \".\"\n",
+    )
+    .unwrap();
+    let xtask = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .current_dir(dir.path())
+            .arg("--env-file")
+            .arg("dev.env")
+            .args(args)
+            .env("XTASK_STATE_DIR", dir.path().join("state"))
+            .env("HOME", dir.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let unreadable = format!(
+        "cannot read the private key {}: No such file or directory (os error 2): check \
+         BASTION_KEY_FILE\n",
+        key.display()
+    );
+
+    let out = xtask(&["dev", "--manifest", "services.toml", "--skip-checks"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.ends_with(&format!("error: {unreadable}")), "{stderr}");
+
+    let out = xtask(&["dev", "--manifest", "services.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&key.display().to_string()), "{stderr}");
+
+    // The doctor reports rather than fails: its `[✗]` is exit 1, whatever the cause.
+    let out = xtask(&["doctor", "--quick"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("[✗] SSH key"), "{report}");
 }

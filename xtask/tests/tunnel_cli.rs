@@ -586,3 +586,47 @@ fn ssh_config_host_alias_gives_hostname_port_user_and_identity_file() {
     assert_eq!(redis_ping(&rig), "PONG");
     assert!(rig.xtask(&["stop"]).status.success());
 }
+
+#[test]
+fn fail_missing_or_directory_key_file_is_a_configuration_error() {
+    let home = tempfile::tempdir().unwrap();
+    let state = StateDir::new();
+    std::fs::create_dir(home.path().join("keydir")).unwrap();
+    for key in ["nokey", "keydir"] {
+        let key = home.path().join(key);
+        let env_file = home.path().join("key.env");
+        std::fs::write(
+            &env_file,
+            format!(
+                "BASTION_HOST_IP=127.0.0.1\nBASTION_PORT={}\nBASTION_KEY_FILE={}\n\
+                 ELASTICACHE_ENDPOINT=127.0.0.1:6379\nREDIS_TUNNEL_PORT={}\n",
+                free_port(),
+                key.display(),
+                free_port()
+            ),
+        )
+        .unwrap();
+        let why = if key.ends_with("nokey") {
+            "No such file or directory (os error 2)"
+        } else {
+            "it is not a regular file"
+        };
+        for args in [&["start"][..], &["start", "--detach"][..]] {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+            cmd.arg("--env-file").arg(&env_file).arg("tunnel").args(args);
+            cmd.env_clear().env("HOME", home.path()).env("NO_COLOR", "1");
+            let out = state.apply(&mut cmd).output().unwrap();
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            let message = format!(
+                "cannot read the private key {}: {why}: check BASTION_KEY_FILE",
+                key.display()
+            );
+            assert!(
+                stderr.contains(&format!("error: {message}"))
+                    || stderr.contains(&format!("before every forward was verified: {message}")),
+                "{args:?}: {stderr}"
+            );
+        }
+    }
+}

@@ -35,6 +35,30 @@ fn parse_assignment(raw: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A flag's parser for a whole number from `min` to `max`, for counts and durations where 0
+/// (or an absurd size) makes no sense; clap's error names the flag, this the range.
+pub fn number_in<T: TryFrom<u64>>(
+    min: u64,
+    max: u64,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
+    move |raw| {
+        let range = format!("use a whole number from {min} to {max}");
+        match raw.trim().parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => T::try_from(n).map_err(|_| range),
+            Ok(n) => Err(format!("{n} is out of range: {range}")),
+            Err(_) => Err(format!("`{raw}` is not a whole number: {range}")),
+        }
+    }
+}
+
+/// A flag's parser for a number of seconds above 0 and at most `max`.
+pub fn seconds_up_to(max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync {
+    move |raw| match raw.trim().parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= max => Ok(s),
+        _ => Err(format!("`{raw}` is out of range: use a number of seconds above 0, up to {max}")),
+    }
+}
+
 /// A usage error: exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -176,10 +176,11 @@ fn parse_duration(raw: &str) -> Result<Duration, String> {
         (raw.strip_suffix('s').unwrap_or(raw), 1.0)
     };
     let value: f64 = number.trim().parse().map_err(|_| bad())?;
-    if !(value > 0.0 && value.is_finite()) {
-        return Err(bad());
+    let seconds = value * scale;
+    if !(seconds > 0.0 && seconds <= 600.0) {
+        return Err(format!("`{raw}` is out of range: use a duration above 0, up to 600s"));
     }
-    Ok(Duration::from_secs_f64(value * scale))
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 #[cfg(test)]
@@ -231,5 +232,14 @@ mod tests {
         assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert!(parse_duration("soon").is_err());
+        let range =
+            |raw: &str| format!("`{raw}` is out of range: use a duration above 0, up to 600s");
+        assert_eq!(parse_duration("0"), Err(range("0")));
+        assert_eq!(parse_duration("0ms"), Err(range("0ms")));
+        assert_eq!(
+            parse_duration("1h"),
+            Err("`1h` is not a duration: write it as 5s or 1500ms".into())
+        );
+        assert_eq!(parse_duration("601s"), Err(range("601s")));
     }
 }

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use mesh_probe::bench::{self, BenchOptions, BenchReport, Test};
 use mesh_probe::{InfoReport, NoTunnel, PingReport, ProbeError, Route, Target, TunnelDiagnosis};
 
-use crate::context::{Context, UsageError};
+use crate::context::{number_in, seconds_up_to, Context, UsageError};
 use crate::output::{table, BOLD, DIM};
 
 #[derive(Subcommand)]
@@ -37,7 +37,7 @@ pub struct ConnArgs {
     #[arg(long)]
     pub insecure: bool,
     /// Give up on each step (connect, TLS handshake, each reply) after this many seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = seconds_up_to(3600.0))]
     pub timeout: f64,
 }
 
@@ -46,19 +46,19 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub conn: ConnArgs,
     /// Parallel connections.
-    #[arg(short = 'c', long, default_value_t = 50)]
+    #[arg(short = 'c', long, default_value_t = 50, value_parser = number_in::<usize>(1, 1_000_000))]
     pub clients: usize,
     /// Requests per test, over all clients.
-    #[arg(short = 'n', long, default_value_t = 100_000)]
+    #[arg(short = 'n', long, default_value_t = 100_000, value_parser = number_in::<u64>(1, 1_000_000_000))]
     pub requests: u64,
     /// Commands sent per round trip (pipeline depth).
-    #[arg(short = 'P', long, default_value_t = 1)]
+    #[arg(short = 'P', long, default_value_t = 1, value_parser = number_in::<usize>(1, 10_000))]
     pub pipeline: usize,
     /// Bytes per value written by set, lpush and xadd.
     #[arg(short = 'd', long = "data-size", default_value_t = 3)]
     pub value_size: usize,
     /// Draw random keys from this many.
-    #[arg(short = 'r', long, default_value_t = 100_000)]
+    #[arg(short = 'r', long, default_value_t = 100_000, value_parser = number_in::<u64>(1, 1_000_000_000))]
     pub keyspace: u64,
     /// Tests to run, comma-separated: ping, set, get, incr, lpush, xadd (default: all).
     #[arg(short = 't', long, value_delimiter = ',', value_parser = parse_test)]
@@ -97,13 +97,6 @@ fn target(
 ) -> anyhow::Result<(Target, Box<dyn TunnelDiagnosis>, String)> {
     let config = ctx.config()?;
     let redis = config.require_redis()?;
-    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
-        return Err(UsageError(format!(
-            "--timeout {} is not a positive number of seconds",
-            args.timeout
-        ))
-        .into());
-    }
     let direct = args.direct || !config.tunnel.enabled;
     let target = Target::from_config(redis, config.tunnel.bind, direct, args.insecure)
         .timeout(Duration::from_secs_f64(args.timeout));
@@ -255,9 +248,6 @@ fn info_text(ctx: &Context, target: &Target, r: &InfoReport) -> String {
 
 fn bench(args: &BenchArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let (target, diagnosis, environment) = target(&args.conn, ctx)?;
-    if args.clients == 0 || args.pipeline == 0 || args.requests == 0 {
-        return Err(UsageError("-c, -n and -P must each be at least 1".into()).into());
-    }
     bench::confirm_production(&environment, &target, args.yes, || ask_production(&target))
         .map_err(|err| fail(err, ctx))?;
     let options = BenchOptions {

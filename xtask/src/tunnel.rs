@@ -16,7 +16,7 @@ use mesh_tunnel::control::{
 };
 use serde_json::json;
 
-use crate::context::{Context, UsageError};
+use crate::context::{number_in, Context, UsageError};
 use crate::output::{table, BOLD, DIM, WARN};
 
 /// `tunnel status` exit codes, as `systemctl` has them.
@@ -61,7 +61,7 @@ pub struct StartArgs {
     #[arg(long)]
     pub(crate) allow_remote_bind: bool,
     /// With --detach, how long to wait for the forwards to be verified.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = number_in::<u64>(1, 3600))]
     pub(crate) wait: u64,
 }
 

@@ -144,3 +144,29 @@ fn cli_runs_redis_cli_with_the_password_from_the_environment() {
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout.trim(), "PONG");
 }
+
+#[test]
+fn fail_zero_counts_and_timeouts_are_refused_at_parse_time_naming_flag_and_range() {
+    // No Redis is configured: the refusal comes before anything is loaded or dialled.
+    let cases: [(&[&str], &str); 6] = [
+        (&["redis", "bench", "-c", "0"], "'--clients <CLIENTS>': 0 is out of range: use a whole number from 1 to 1000000"),
+        (&["redis", "bench", "-n", "0"], "'--requests <REQUESTS>': 0 is out of range: use a whole number from 1 to 1000000000"),
+        (&["redis", "bench", "-P", "0"], "'--pipeline <PIPELINE>': 0 is out of range: use a whole number from 1 to 10000"),
+        (&["redis", "bench", "-r", "0"], "'--keyspace <KEYSPACE>': 0 is out of range: use a whole number from 1 to 1000000000"),
+        (&["redis", "bench", "-c", "many"], "'--clients <CLIENTS>': `many` is not a whole number: use a whole number from 1 to 1000000"),
+        (&["redis", "ping", "--timeout", "0"], "'--timeout <SECONDS>': `0` is out of range: use a number of seconds above 0, up to 3600"),
+    ];
+    for (args, message) in cases {
+        let out = xtask(args, &[]);
+        let value = args.last().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(
+            text(&out).1,
+            format!(
+                "error: invalid value '{value}' for {message}\n\nFor more information, try \
+                 '--help'.\n"
+            ),
+            "{args:?}"
+        );
+    }
+}

@@ -630,3 +630,18 @@ fn fail_missing_or_directory_key_file_is_a_configuration_error() {
         }
     }
 }
+
+#[test]
+fn fail_wait_0_is_refused_at_parse_time_with_the_range() {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["tunnel", "start", "--detach", "--wait", "0"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "error: invalid value '0' for '--wait <SECONDS>': 0 is out of range: use a whole number \
+         from 1 to 3600\n\nFor more information, try '--help'.\n"
+    );
+}

@@ -170,3 +170,32 @@ fn fail_zero_counts_and_timeouts_are_refused_at_parse_time_naming_flag_and_range
         );
     }
 }
+
+#[test]
+fn fail_more_clients_than_the_open_files_limit_says_so_before_connecting() {
+    // Nothing listens there: the check must come before any connect.
+    let env = [("ELASTICACHE_ENDPOINT", format!("127.0.0.1:{}", free_port()))];
+    let out = Command::new("sh")
+        .args(["-c", "ulimit -n 64 && exec \"$0\" redis bench -c 100 -n 1000"])
+        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .env_clear()
+        .env("HOME", std::env::temp_dir())
+        .env("NO_COLOR", "1")
+        .env("XTASK_STATE_DIR", std::env::temp_dir().join("mesh-xtask-no-state"))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let needed: u64 = stderr
+        .strip_prefix("error: -c 100 needs about ")
+        .and_then(|rest| {
+            rest.strip_suffix(
+                " open files, the limit is 64: lower -c or raise it with `ulimit -n`\n",
+            )
+        })
+        .unwrap_or_else(|| panic!("{stderr}"))
+        .parse()
+        .unwrap();
+    assert!((103..200).contains(&needed), "{needed}");
+}

@@ -153,6 +153,54 @@ pub fn confirm_production(
     }
 }
 
+/// Descriptors the benchmark holds besides one per client: the control connection, the
+/// runtime's epoll and wake-up descriptors, the Ctrl+C handler.
+const FILES_BESIDES_CLIENTS: u64 = 8;
+
+/// Refuses, before anything connects, a client count the open-files limit cannot hold (one
+/// descriptor per client, plus those already open), naming both figures and the fix.
+pub fn check_open_files(clients: usize) -> Result<(), ProbeError> {
+    let Some(limit) = open_files_limit() else { return Ok(()) };
+    let needed = files_needed(clients);
+    if needed > limit {
+        return Err(ProbeError::OpenFiles { clients, needed, limit });
+    }
+    Ok(())
+}
+
+fn files_needed(clients: usize) -> u64 {
+    let open_now = std::fs::read_dir("/proc/self/fd")
+        .or_else(|_| std::fs::read_dir("/dev/fd"))
+        .map_or(16, |dir| dir.count() as u64);
+    clients as u64 + open_now + FILES_BESIDES_CLIENTS
+}
+
+/// The soft RLIMIT_NOFILE, or `None` when unlimited or unknown.
+fn open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+/// A client's connect failing for want of descriptors (EMFILE) becomes the same advice as
+/// [`check_open_files`]: the estimate was short, or something else used descriptors up.
+/// ENFILE (the whole system's table is full) keeps its own OS message: `ulimit` cannot help.
+fn out_of_files(err: ProbeError, clients: usize) -> ProbeError {
+    let cause = match &err {
+        ProbeError::Connect { cause, .. } | ProbeError::Io { cause, .. } => cause,
+        _ => return err,
+    };
+    match (cause.raw_os_error(), open_files_limit()) {
+        (Some(libc::EMFILE), Some(limit)) => {
+            ProbeError::OpenFiles { clients, needed: files_needed(clients).max(limit + 1), limit }
+        }
+        _ => err,
+    }
+}
+
 /// Runs the benchmark on a single-threaded runtime, like `redis-benchmark` (measured: as fast
 /// as two threads on two cores, where Redis needs the other core, and steadier; see README).
 pub fn run_blocking(
@@ -174,6 +222,7 @@ pub async fn run(
     tunnel: &dyn TunnelDiagnosis,
     options: &BenchOptions,
 ) -> Result<BenchReport, ProbeError> {
+    check_open_files(options.clients)?;
     let mut control = Session::open(target, tunnel).await?;
     let prefix = format!("mesh-bench:{{{:016x}}}:", fastrand::u64(..));
     let stop = Arc::new(AtomicBool::new(false));
@@ -241,7 +290,8 @@ async fn connect_clients(target: &Target, clients: usize) -> Result<Vec<Conn>, P
     }
     let mut conns = Vec::with_capacity(clients);
     while let Some(joined) = tasks.join_next().await {
-        conns.push(joined.expect("a client connect task does not panic")?);
+        let conn = joined.expect("a client connect task does not panic");
+        conns.push(conn.map_err(|err| out_of_files(err, clients))?);
     }
     Ok(conns)
 }
@@ -531,6 +581,36 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connect_out_of_descriptors_says_which_limit_and_how_to_raise_it() {
+        let limit = open_files_limit().expect("this test needs a finite RLIMIT_NOFILE");
+        let emfile = ProbeError::Connect {
+            target: "127.0.0.1:6379".into(),
+            cause: std::io::Error::from_raw_os_error(libc::EMFILE),
+        };
+        let err = out_of_files(emfile, 70_000);
+        let text = err.to_string();
+        assert!(text.starts_with("-c 70000 needs about "), "{text}");
+        assert!(
+            text.ends_with(&format!(
+                " open files, the limit is {limit}: lower -c or raise it with `ulimit -n`"
+            )),
+            "{text}"
+        );
+        assert!(err.is_usage());
+
+        let refused = ProbeError::Connect {
+            target: "127.0.0.1:6379".into(),
+            cause: std::io::Error::from_raw_os_error(libc::ECONNREFUSED),
+        };
+        assert_eq!(out_of_files(refused, 10).class(), "connect");
+    }
+
+    #[test]
+    fn a_few_clients_fit_in_the_open_files_limit() {
+        assert!(check_open_files(4).is_ok());
+    }
 
     #[test]
     fn a_template_rewrites_only_the_key_digits() {

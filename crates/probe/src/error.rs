@@ -173,6 +173,13 @@ pub enum ProbeError {
     #[error("the connection to {target} broke: {cause}")]
     Io { target: String, cause: std::io::Error },
 
+    /// The benchmark needs more file descriptors (one per client) than the process may open.
+    #[error(
+        "-c {clients} needs about {needed} open files, the limit is {limit}: lower -c or raise \
+         it with `ulimit -n`"
+    )]
+    OpenFiles { clients: usize, needed: u64, limit: u64 },
+
     /// A benchmark on a production target was not confirmed.
     #[error(
         "ENVIRONMENT is production: the benchmark writes to {target}; pass --yes to run it \
@@ -205,6 +212,7 @@ impl ProbeError {
             ProbeError::NotRedis { .. } => "not-redis",
             ProbeError::Server { .. } => "server",
             ProbeError::Io { .. } => "io",
+            ProbeError::OpenFiles { .. } => "open-files",
             ProbeError::ProductionNotConfirmed { .. } => "production-not-confirmed",
         }
     }
@@ -212,7 +220,12 @@ impl ProbeError {
     /// True for a problem with the configuration or the request rather than with the target
     /// (exit code 2 in the CLI).
     pub fn is_usage(&self) -> bool {
-        matches!(self, ProbeError::CaCert { .. } | ProbeError::ProductionNotConfirmed { .. })
+        matches!(
+            self,
+            ProbeError::CaCert { .. }
+                | ProbeError::OpenFiles { .. }
+                | ProbeError::ProductionNotConfirmed { .. }
+        )
     }
 }
 

@@ -5,6 +5,7 @@
 //! subcommand lives in its own module and the work itself in `crates/`.
 
 mod ci;
+mod completions;
 mod context;
 mod dev;
 mod doctor;
@@ -61,7 +62,7 @@ enum Command {
     /// Run a stand-in service (used by `dev --sandbox`).
     #[command(name = "__standin", hide = true)]
     Standin(sandbox::StandinArgs),
-    /// Print a shell completion script.
+    /// Print a shell completion script (bash: completes `cargo xtask ...`).
     Completions {
         /// The shell to generate completions for.
         shell: clap_complete::Shell,
@@ -93,11 +94,7 @@ fn main() -> ExitCode {
         Command::Redis { cmd } => redis::run(cmd, &ctx),
         Command::Sandbox(cmd) => sandbox::run(cmd, &ctx),
         Command::Standin(args) => sandbox::run_standin(args),
-        Command::Completions { shell } => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "cargo-xtask", &mut std::io::stdout());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Completions { shell } => completions::run(shell, Cli::command()),
     };
     match result {
         Ok(code) => code,

@@ -128,12 +128,61 @@ fn bad_set_flag_is_a_usage_error() {
     assert!(stderr(&out).contains("`NOEQUALS` is not NAME=VALUE"), "{}", stderr(&out));
 }
 
+/// What bash offers for `words` (the last one being completed) with `script` sourced, after
+/// `setup`; each result on its own line.
+fn bash_completes(script: &std::path::Path, setup: &str, words: &[&str]) -> String {
+    let words: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let program = format!(
+        "{setup}\nsource '{}' || exit 9\ncomplete -p cargo || exit 8\n\
+         COMP_WORDS=({}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1))\n\
+         COMP_LINE=\"${{COMP_WORDS[*]}}\"; COMP_POINT=${{#COMP_LINE}}\n\
+         _cargo_xtask_or_cargo cargo \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        script.display(),
+        words.join(" ")
+    );
+    let out = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &program])
+        .output()
+        .expect("bash runs: apt-get install bash");
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    stdout(&out)
+}
+
 #[test]
-fn completions_are_generated() {
+fn bash_completions_complete_cargo_xtask_as_typed() {
     let dir = tempfile::tempdir().unwrap();
     let out = xtask(dir.path(), &["completions", "bash"], &[]);
     assert!(out.status.success());
-    assert!(stdout(&out).contains("cargo-xtask"));
+    let script = dir.path().join("cargo-xtask.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+
+    let complete = |words: &[&str]| bash_completes(&script, "", words);
+    let registered = "complete -F _cargo_xtask_or_cargo cargo\n";
+    assert_eq!(complete(&["cargo", "xtask", "tun"]), format!("{registered}tunnel\n"));
+    assert_eq!(
+        complete(&["cargo", "xtask", "--env-file", "a.env", "tunnel", "st"]),
+        format!("{registered}start\nstop\nstatus\n")
+    );
+    assert_eq!(
+        complete(&["cargo", "xtask", "redis", "bench", "--cl"]),
+        format!("{registered}--clients\n")
+    );
+    assert_eq!(
+        complete(&["cargo", "xtask", "--color", ""]),
+        format!("{registered}auto\nalways\nnever\n")
+    );
+
+    // Other cargo commands stay with the completion cargo had before.
+    let cargo_own = "_cargo() { COMPREPLY=(from-cargo-own); }\ncomplete -F _cargo cargo";
+    assert_eq!(
+        bash_completes(&script, cargo_own, &["cargo", "bu"]),
+        format!("{registered}from-cargo-own\n")
+    );
+    assert_eq!(
+        bash_completes(&script, cargo_own, &["cargo", "xtask", "doc"]),
+        format!("{registered}doctor\n")
+    );
 }
 
 #[test]

@@ -16,6 +16,7 @@ mod forward;
 mod known_hosts;
 mod listen;
 mod ping;
+mod quickack;
 mod session;
 mod spec;
 pub mod ssh_config;

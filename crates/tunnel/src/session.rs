@@ -183,7 +183,7 @@ pub(crate) async fn connect(
 
     // russh reads each packet with two exact reads straight from the socket; a buffer
     // turns a burst of packets into one system call.
-    let stream = tokio::io::BufReader::with_capacity(64 * 1024, stream);
+    let stream = tokio::io::BufReader::with_capacity(64 * 1024, crate::quickack::QuickAck(stream));
     let handshake = client::connect_stream(config, stream, handler);
     let mut handle = match timeout_at(deadline, handshake).await {
         Err(_) => return Err(timed_out("the SSH handshake")),

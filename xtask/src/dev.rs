@@ -311,7 +311,9 @@ async fn open_tunnel(
     let bind_addrs = crate::tunnel::bind_addrs(config, &start_args, ctx)?;
     let spec = crate::tunnel::spec(config, &start_args, bind_addrs)?;
     let spinner = Spinner::start(ctx, &format!("tunnel: connecting to {}", spec.destination()));
-    let started = async { mesh_tunnel::bind(spec.clone()).await?.start().await }.await;
+    // Its own thread and current-thread runtime: on this 2-worker runtime, shared with the
+    // supervisor, the forward was 1.4-1.8x slower (crates/tunnel/BENCH.md).
+    let started = mesh_tunnel::start_on_own_thread(spec.clone()).await;
     spinner.finish();
     let tunnel = started?;
     let state = tunnel.watch();

@@ -119,6 +119,9 @@ pub enum TunnelError {
     )]
     Ssh { host: String, port: u16, source: russh::Error },
 
+    #[error("cannot start the tunnel's thread: {source}: the system is out of threads or memory")]
+    Thread { source: io::Error },
+
     #[error(
         "timed out after {}s during {what} with the bastion {host}:{port}: check the address \
          and the security group (a dropped SYN looks like this), or raise the connect timeout",

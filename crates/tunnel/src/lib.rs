@@ -7,7 +7,8 @@
 //! reconnects forever when the session dies, and reports `status`.
 //!
 //! A process that only runs a tunnel should use a current-thread tokio runtime: it
-//! measured less CPU per request than the multi-thread one at every load (BENCH.md).
+//! measured less CPU per request than the multi-thread one at every load (BENCH.md). A
+//! program with a multi-thread runtime runs it on its own thread: [`start_on_own_thread`].
 
 mod auth;
 pub mod control;
@@ -21,6 +22,7 @@ mod session;
 mod spec;
 pub mod ssh_config;
 mod status;
+mod thread;
 mod tunnel;
 
 pub use error::{PingError, TunnelError};
@@ -28,6 +30,7 @@ pub use listen::port_holder;
 pub use ping::redis_ping;
 pub use spec::TunnelSpec;
 pub use status::{ChannelError, ForwardStatus, State, Status};
+pub use thread::start_on_own_thread;
 pub use tunnel::{bind, BoundTunnel, Tunnel};
 
 pub use mesh_config::{Forward, Secret};

@@ -60,7 +60,7 @@ impl BoundTunnel {
             .map(|l| tokio::spawn(accept_loop(shared.clone(), l.forward, l.listener)))
             .collect();
         tracing::info!(bastion = %shared.target, forwards = shared.spec.forwards.len(), "tunnel up");
-        Ok(Tunnel { shared, supervisor: Some(supervisor), accept_loops })
+        Ok(Tunnel { shared, supervisor: Some(supervisor), accept_loops, runtime: None })
     }
 }
 
@@ -127,6 +127,9 @@ pub struct Tunnel {
     supervisor: Option<JoinHandle<()>>,
     /// One per listener; each owns its connections, so aborting it ends them too.
     accept_loops: Vec<JoinHandle<()>>,
+    /// The thread the tasks run on, when started by [`crate::start_on_own_thread`]; dropped
+    /// last, after the tasks are aborted.
+    pub(crate) runtime: Option<crate::thread::RuntimeThread>,
 }
 
 impl Tunnel {

@@ -396,3 +396,48 @@ async fn forward_listens_on_both_loopbacks_so_localhost_works_either_way() {
     }
     rig.tunnel.shutdown().await;
 }
+
+/// The two tests that count this process's `mesh-tunnel` threads run one at a time.
+static OWN_THREAD_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The names of this process's threads.
+fn thread_names() -> Vec<String> {
+    let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_on_its_own_thread_forwards_and_ends_the_thread_when_shut_down() {
+    let _one_at_a_time = OWN_THREAD_TESTS.lock().await;
+    common::init_tracing();
+    let sshd = Sshd::builder().start();
+    let redis = mesh_testkit::RedisServer::builder().password(PASSWORD).start();
+    let tunnel = mesh_tunnel::start_on_own_thread(spec(&sshd, vec![forward_to(redis.port())]))
+        .await
+        .expect("the tunnel starts on its own thread");
+    assert!(thread_names().iter().any(|n| n == "mesh-tunnel"), "{:?}", thread_names());
+
+    let local = common::ipv4_addr(&tunnel);
+    let mut conn = Resp::authed(local).await;
+    assert_eq!(conn.cmd(&[b"PING"]).await, Reply::Simple("PONG".into()));
+    tunnel.shutdown().await;
+
+    assert!(!thread_names().iter().any(|n| n == "mesh-tunnel"), "{:?}", thread_names());
+    assert!(std::net::TcpListener::bind(local).is_ok(), "{local} still bound after shutdown");
+    assert_eq!(conn.read().await, None, "the open connection was not closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_on_its_own_thread_that_fails_to_start_leaves_no_thread() {
+    let _one_at_a_time = OWN_THREAD_TESTS.lock().await;
+    let sshd = Sshd::builder().start();
+    let redis = mesh_testkit::RedisServer::builder().start();
+    let mut spec = spec(&sshd, vec![forward_to(redis.port())]);
+    spec.known_hosts = tempfile::tempdir().unwrap().path().join("known_hosts");
+    let err = mesh_tunnel::start_on_own_thread(spec).await.err().expect("the start fails");
+    assert!(matches!(err, TunnelError::UnknownHostKey { .. }), "{err:?}");
+    assert!(!thread_names().iter().any(|n| n == "mesh-tunnel"), "{:?}", thread_names());
+}

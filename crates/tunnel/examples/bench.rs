@@ -3,8 +3,9 @@
 //!
 //! Run: `cargo run -p mesh-tunnel --example bench [-- ROUNDS]` (default 5 rounds). It starts
 //! redis-server and OpenSSH sshd itself (through mesh-testkit), runs our engine in a child
-//! process of this same binary (so its CPU and RSS are its own) with a current-thread and a
-//! multi-thread tokio runtime, and `ssh -N -L` to the same sshd. The build profile is the one
+//! process of this same binary (so its CPU and RSS are its own), once as `tunnel start` runs
+//! it (a current-thread tokio runtime) and once as `dev` does (its own thread beside a 2-worker
+//! runtime), and `ssh -N -L` to the same sshd. The build profile is the one
 //! `cargo run` uses, the same as the `cargo xtask` alias.
 
 use std::collections::BTreeMap;
@@ -27,19 +28,18 @@ const SETTINGS: &[(&str, &[&str], u32)] = &[
 enum Mode {
     Direct,
     OursCurrentThread,
-    OursMultiThread,
+    OursDev,
     Ssh,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] =
-        [Mode::Direct, Mode::OursCurrentThread, Mode::OursMultiThread, Mode::Ssh];
+    const ALL: [Mode; 4] = [Mode::Direct, Mode::OursCurrentThread, Mode::OursDev, Mode::Ssh];
 
     fn label(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
             Mode::OursCurrentThread => "ours (current-thread)",
-            Mode::OursMultiThread => "ours (multi-thread)",
+            Mode::OursDev => "ours (as in dev)",
             Mode::Ssh => "ssh -N -L",
         }
     }
@@ -63,14 +63,15 @@ fn main() {
     run(rounds, std::env::var_os("BENCH_QUICK").is_some());
 }
 
-/// The child: one tunnel on the given runtime flavour until killed.
+/// The child: one tunnel, `current` (as `tunnel start`) or `dev` (as `dev`), until killed.
 fn serve(args: &[String]) {
     let [flavor, ssh_port, user, key, known_hosts, local_port, redis_port] = args else {
         panic!("serve FLAVOR SSH_PORT USER KEY KNOWN_HOSTS LOCAL_PORT REDIS_PORT");
     };
     let runtime = match flavor.as_str() {
         "current" => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        // As `cargo xtask dev` runs it: a 2-worker runtime, the tunnel on its own thread.
+        _ => tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build(),
     }
     .expect("a tokio runtime");
     runtime.block_on(async {
@@ -87,7 +88,11 @@ fn serve(args: &[String]) {
         spec.known_hosts = PathBuf::from(known_hosts);
         spec.ssh_config = None;
         spec.interactive = false;
-        let tunnel = mesh_tunnel::bind(spec).await.unwrap().start().await.unwrap();
+        let tunnel = if flavor == "dev" {
+            mesh_tunnel::start_on_own_thread(spec).await.unwrap()
+        } else {
+            mesh_tunnel::bind(spec).await.unwrap().start().await.unwrap()
+        };
         std::future::pending::<()>().await;
         drop(tunnel);
     });
@@ -102,7 +107,7 @@ fn run(rounds: usize, quick: bool) {
     let exe = std::env::current_exe().unwrap();
 
     let mut tunnels: BTreeMap<Mode, (Running, u16)> = BTreeMap::new();
-    for (mode, flavor) in [(Mode::OursCurrentThread, "current"), (Mode::OursMultiThread, "multi")] {
+    for (mode, flavor) in [(Mode::OursCurrentThread, "current"), (Mode::OursDev, "dev")] {
         let port = free_port();
         let mut command = Command::new(&exe);
         command.arg("serve").arg(flavor).arg(sshd.port().to_string()).arg(sshd.user());
@@ -302,7 +307,7 @@ fn report(
                 let rps = rps_of(mode);
                 let (lo, hi) = spread(&rps);
                 let ratio = match mode {
-                    Mode::OursCurrentThread | Mode::OursMultiThread => format!(
+                    Mode::OursCurrentThread | Mode::OursDev => format!(
                         "  x{:.2} rps, x{:.2} p50",
                         median(&rps) / ssh_rps,
                         p50_of(mode) / ssh_p50
@@ -323,7 +328,7 @@ fn report(
     }
     println!("\nCPU seconds per million requests of the tunnel process (median, min-max)");
     for (index, (setting, _, _)) in SETTINGS.iter().enumerate() {
-        let line: Vec<String> = [Mode::OursCurrentThread, Mode::OursMultiThread, Mode::Ssh]
+        let line: Vec<String> = [Mode::OursCurrentThread, Mode::OursDev, Mode::Ssh]
             .iter()
             .map(|&mode| {
                 let values = &cpu[&(index, mode)];

@@ -1,14 +1,15 @@
 //! One local connection carried over a `direct-tcpip` channel, both ways, with half-close.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use russh::client::Msg;
 use russh::{Channel, ChannelMsg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 use crate::listen::originator;
 use crate::status::{ActiveGuard, Counters};
@@ -130,56 +131,58 @@ async fn pump(stream: TcpStream, channel: Channel<Msg>, counters: &Counters) {
             counters.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
         }
     };
-    // The channel is drained into our own queue at once, so a client that stops reading
-    // never holds up russh's session loop (and with it every other connection); past
-    // `MAX_QUEUED` bytes waiting for it, the client is cut off instead.
-    let queued = AtomicUsize::new(0);
-    let (queue_tx, mut queue_rx) = mpsc::unbounded_channel();
-    let drain = async {
-        while let Some(msg) = from_channel.wait().await {
-            let close = matches!(msg, ChannelMsg::Close);
-            if let ChannelMsg::Data { data } = &msg {
-                if queued.fetch_add(data.len(), Ordering::Relaxed) + data.len() > MAX_QUEUED {
-                    let message = format!(
-                        "the local client stopped reading: closed after {} MB waited for it",
-                        MAX_QUEUED >> 20
-                    );
-                    counters.channel_failed(message.clone());
-                    return Err(std::io::Error::other(message));
-                }
-            }
-            if queue_tx.send(msg).is_err() || close {
-                break;
-            }
-        }
-        drop(queue_tx);
-        Ok(())
-    };
-    let deliver = async {
-        while let Some(msg) = queue_rx.recv().await {
-            match msg {
-                ChannelMsg::Data { data } => {
-                    to_client.write_all(&data).await?;
-                    queued.fetch_sub(data.len(), Ordering::Relaxed);
-                    counters.bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
-                }
-                ChannelMsg::Eof => to_client.shutdown().await?,
-                ChannelMsg::Close => break,
-                _ => {}
-            }
-        }
-        Ok::<(), std::io::Error>(())
-    };
+    // The channel is drained at once, so a client that stops reading never holds up russh's
+    // session loop (and with it every other connection): what the client's socket does not
+    // take at once waits in `backlog` until it is writable; past `MAX_QUEUED` bytes waiting
+    // for it, the client is cut off instead.
     let downstream = async {
-        tokio::pin!(drain, deliver);
-        let mut drained = false;
+        let mut backlog: VecDeque<Bytes> = VecDeque::new();
+        let mut queued = 0usize;
+        let (mut eof, mut closed) = (false, false);
         loop {
-            tokio::select! {
-                result = &mut drain, if !drained => {
-                    result?;
-                    drained = true;
+            while let Some(front) = backlog.front_mut() {
+                match to_client.try_write(front) {
+                    Ok(n) => {
+                        queued -= n;
+                        counters.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+                        if n == front.len() {
+                            backlog.pop_front();
+                        } else {
+                            *front = front.slice(n..);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
                 }
-                result = &mut deliver => return result,
+            }
+            if backlog.is_empty() {
+                if std::mem::take(&mut eof) {
+                    to_client.shutdown().await?;
+                }
+                if closed {
+                    return Ok(());
+                }
+            }
+            tokio::select! {
+                msg = from_channel.wait(), if !closed => match msg {
+                    Some(ChannelMsg::Data { data }) => {
+                        queued += data.len();
+                        if queued > MAX_QUEUED {
+                            let message = format!(
+                                "the local client stopped reading: closed after {} MB waited \
+                                 for it",
+                                MAX_QUEUED >> 20
+                            );
+                            counters.channel_failed(message.clone());
+                            return Err(std::io::Error::other(message));
+                        }
+                        backlog.push_back(data);
+                    }
+                    Some(ChannelMsg::Eof) => eof = true,
+                    Some(ChannelMsg::Close) | None => closed = true,
+                    Some(_) => {}
+                },
+                ready = to_client.writable(), if !backlog.is_empty() => ready?,
             }
         }
     };

@@ -441,3 +441,44 @@ async fn tunnel_on_its_own_thread_that_fails_to_start_leaves_no_thread() {
     assert!(matches!(err, TunnelError::UnknownHostKey { .. }), "{err:?}");
     assert!(!thread_names().iter().any(|n| n == "mesh-tunnel"), "{:?}", thread_names());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_passes_both_ways_so_a_reply_after_end_of_input_arrives() {
+    // An endpoint that answers only once its input has ended, then closes: the client's
+    // write shutdown must reach it as EOF, and its reply and close must reach the client.
+    let endpoint = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint_port = endpoint.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        // The tunnel proves each forward with a channel it closes at once: skip that one.
+        for conn in endpoint.incoming() {
+            let mut conn = conn.unwrap();
+            let mut input = Vec::new();
+            conn.read_to_end(&mut input).unwrap();
+            if !input.is_empty() {
+                let reply = format!("read {} bytes until end of input", input.len());
+                conn.write_all(reply.as_bytes()).unwrap();
+                return;
+            }
+        }
+    });
+    common::init_tracing();
+    let sshd = Sshd::builder().start();
+    let tunnel = mesh_tunnel::bind(spec(&sshd, vec![forward_to(endpoint_port)]))
+        .await
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let mut client = tokio::net::TcpStream::connect(common::ipv4_addr(&tunnel)).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut client, &[7u8; 100_000]).await.unwrap();
+    tokio::io::AsyncWriteExt::shutdown(&mut client).await.unwrap();
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_string(&mut reply))
+        .await
+        .expect("the reply and end-of-stream arrive within 10 s")
+        .unwrap();
+    assert_eq!(reply, "read 100000 bytes until end of input");
+    server.join().unwrap();
+    tunnel.shutdown().await;
+}

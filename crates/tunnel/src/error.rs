@@ -119,6 +119,10 @@ pub enum TunnelError {
     )]
     Ssh { host: String, port: u16, source: russh::Error },
 
+    /// `~/.ssh/config` names an `Include` that cannot be read or that loops.
+    #[error(transparent)]
+    SshConfig(#[from] crate::ssh_config::SshConfigError),
+
     #[error("cannot start the tunnel's thread: {source}: the system is out of threads or memory")]
     Thread { source: io::Error },
 

@@ -28,7 +28,7 @@ mod tunnel;
 pub use error::{PingError, TunnelError};
 pub use listen::port_holder;
 pub use ping::redis_ping;
-pub use spec::TunnelSpec;
+pub use spec::{Target, TunnelSpec};
 pub use status::{ChannelError, ForwardStatus, State, Status};
 pub use thread::start_on_own_thread;
 pub use tunnel::{bind, BoundTunnel, Tunnel};

@@ -1,12 +1,13 @@
 //! What a tunnel is asked to do: the bastion, the credentials, the forwards and the timings.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use mesh_config::{Forward, Secret};
 
-use crate::ssh_config::{expand_home, HostConfig};
+use crate::ssh_config::{expand_home, ConfigLine, HostConfig, Key, SshConfigError};
 use crate::TunnelError;
 
 /// Everything needed to bind and run one tunnel. Build it with [`TunnelSpec::new`] and
@@ -94,40 +95,114 @@ impl TunnelSpec {
         }
     }
 
-    /// Applies the `ssh_config` alias, if any, to the values the spec leaves unset.
-    pub(crate) fn resolve(&self) -> Result<Target, TunnelError> {
+    /// The bastion as it will be dialled: the `ssh_config` alias, if any, fills the values
+    /// the spec leaves unset, then the defaults. `tunnel start` and `env` both use this.
+    ///
+    /// An unreadable `ssh_config` itself is skipped with a warning (ssh skips it too); an
+    /// `Include` in it that cannot be read, or that loops, is an error, as for ssh.
+    pub fn resolve(&self) -> Result<Target, TunnelError> {
         let alias = match &self.ssh_config {
-            Some(path) => HostConfig::load(path, &self.host).unwrap_or_else(|e| {
-                tracing::warn!(path = %path.display(), error = %e, "ssh config unreadable, ignored");
-                HostConfig::default()
-            }),
+            Some(path) => match HostConfig::load(path, &self.host) {
+                Ok(alias) => alias,
+                Err(e @ SshConfigError::Unreadable { .. }) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ssh config unreadable, ignored");
+                    HostConfig::default()
+                }
+                Err(e) => return Err(e.into()),
+            },
             None => HostConfig::default(),
         };
-        let user = match (self.user.is_empty(), alias.user) {
-            (false, _) => self.user.clone(),
-            (true, Some(user)) => user,
-            (true, None) => "ec2-user".to_string(),
-        };
+        // What the alias supplies, where the spec leaves it unset.
+        let host = alias.host_name.clone();
+        let port = alias.port.filter(|_| self.port == 0);
+        let user = alias.user.clone().filter(|_| self.user.is_empty());
+        let key_file = alias.identity_file.clone().filter(|_| self.key_file.is_none());
+        let used = [
+            (Key::HostName, host.is_some()),
+            (Key::Port, port.is_some()),
+            (Key::User, user.is_some()),
+            (Key::IdentityFile, key_file.is_some()),
+        ];
+        let from_ssh_config = used
+            .into_iter()
+            .filter(|(_, used)| *used)
+            .filter_map(|(key, _)| Some((key, alias.origin(key)?.clone())))
+            .collect();
         Ok(Target {
-            host: alias.host_name.unwrap_or_else(|| self.host.clone()),
-            port: if self.port != 0 { self.port } else { alias.port.unwrap_or(22) },
-            user,
-            key_file: self.key_file.clone().or(alias.identity_file),
+            host: host.unwrap_or_else(|| self.host.clone()),
+            port: port.unwrap_or(if self.port == 0 { 22 } else { self.port }),
+            user: user.unwrap_or_else(|| {
+                if self.user.is_empty() {
+                    "ec2-user".to_string()
+                } else {
+                    self.user.clone()
+                }
+            }),
+            key_file: key_file.or_else(|| self.key_file.clone()),
+            from_ssh_config,
         })
     }
 }
 
-/// The bastion as dialled, after the `ssh_config` alias.
+/// The bastion as dialled, after the `ssh_config` alias and the defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Target {
+pub struct Target {
     pub host: String,
     pub port: u16,
     pub user: String,
     pub key_file: Option<PathBuf>,
+    /// The `ssh_config` line each value above was taken from, by key; a key is absent when
+    /// the spec or a default gave the value.
+    pub from_ssh_config: BTreeMap<Key, ConfigLine>,
 }
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}@{}:{}", self.user, self.host, self.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_with_config(text: &str) -> (tempfile::TempDir, TunnelSpec) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config"), text).unwrap();
+        let mut spec = TunnelSpec::new("bastion", Vec::new());
+        spec.ssh_config = Some(dir.path().join("config"));
+        (dir, spec)
+    }
+
+    #[test]
+    fn alias_fills_only_what_the_spec_leaves_unset_and_says_from_which_line() {
+        let (dir, mut spec) =
+            spec_with_config("Host bastion\n  HostName 10.0.0.9\n  User ubuntu\n  Port 2222\n");
+        spec.port = 22;
+        let target = spec.resolve().unwrap();
+        assert_eq!(target.to_string(), "ubuntu@10.0.0.9:22");
+        let line = |line| ConfigLine { path: dir.path().join("config"), line };
+        let expected = BTreeMap::from([(Key::HostName, line(2)), (Key::User, line(3))]);
+        assert_eq!(target.from_ssh_config, expected);
+    }
+
+    #[test]
+    fn without_an_alias_the_defaults_apply() {
+        let (_dir, spec) = spec_with_config("Host other\n  User ubuntu\n");
+        let target = spec.resolve().unwrap();
+        assert_eq!(target.to_string(), "ec2-user@bastion:22");
+        assert!(target.from_ssh_config.is_empty());
+    }
+
+    #[test]
+    fn include_loop_fails_the_tunnel_but_an_unreadable_config_is_skipped() {
+        let (_dir, spec) = spec_with_config("Include config\n");
+        assert!(matches!(spec.resolve(), Err(TunnelError::SshConfig(_))));
+
+        let (dir, mut spec) = spec_with_config("");
+        let looped = dir.path().join("looped");
+        std::os::unix::fs::symlink(&looped, &looped).unwrap();
+        spec.ssh_config = Some(looped);
+        assert_eq!(spec.resolve().unwrap().to_string(), "ec2-user@bastion:22");
     }
 }

@@ -2,6 +2,9 @@
 
 use crate::context::Context;
 use crate::output::{table, BOLD, DIM};
+use mesh_config::{Config, Origin, Row};
+use mesh_tunnel::ssh_config::Key;
+use std::path::Path;
 use std::process::ExitCode;
 
 #[derive(clap::Args, Debug)]
@@ -13,7 +16,10 @@ pub struct EnvArgs {
 
 pub fn run(args: EnvArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let config = ctx.config()?;
-    let rows = config.rows();
+    let mut rows = config.rows();
+    if let Err(e) = apply_ssh_alias(&config, &mut rows) {
+        ctx.out.warn(&format!("{e:#}"));
+    }
 
     if ctx.out.json {
         let report = serde_json::json!({
@@ -48,4 +54,50 @@ pub fn run(args: EnvArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     }
     ctx.out.say(table(&lines).trim_end());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Shows for the bastion's host, port, user and key the value a `Host` alias of
+/// ~/.ssh/config gives the tunnel where the variables leave it unset. It asks the tunnel's
+/// own spec and resolution, so it cannot disagree with what `tunnel start` dials.
+fn apply_ssh_alias(config: &Config, rows: &mut [Row]) -> anyhow::Result<()> {
+    if config.bastion.is_none() {
+        return Ok(());
+    }
+    let args = crate::tunnel::StartArgs {
+        detach: false,
+        accept_new: false,
+        allow_remote_bind: false,
+        wait: 60,
+    };
+    let spec = crate::tunnel::spec(config, &args, Vec::new())?;
+    let target = spec.resolve()?;
+    let home = config.shell_var("HOME").map(Path::new);
+    for (key, line) in &target.from_ssh_config {
+        let (name, value) = match key {
+            Key::HostName => ("BASTION_HOST_IP", target.host.clone()),
+            Key::Port => ("BASTION_PORT", target.port.to_string()),
+            Key::User => ("BASTION_USER", target.user.clone()),
+            Key::IdentityFile => {
+                let key_file = target.key_file.as_deref().unwrap_or(Path::new(""));
+                ("BASTION_KEY_FILE", key_file.display().to_string())
+            }
+        };
+        let Some(row) = rows.iter_mut().find(|r| r.name == name) else { continue };
+        row.value = Some(value);
+        row.note = Some(format!("from {} Host {}", tilde(&line.path, home), spec.host));
+        // The host's alias itself was written where the row says; the others come from
+        // the ssh config's line.
+        if *key != Key::HostName {
+            row.source = Some(Origin::File { path: line.path.clone(), line: line.line });
+        }
+    }
+    Ok(())
+}
+
+/// `path` with the home directory written as `~`, for people.
+fn tilde(path: &Path, home: Option<&Path>) -> String {
+    match home.and_then(|home| path.strip_prefix(home).ok()) {
+        Some(rest) => format!("~/{}", rest.display()),
+        None => path.display().to_string(),
+    }
 }

@@ -230,3 +230,81 @@ fn env_shows_the_effective_value_where_it_differs_from_the_written_one() {
     );
     assert_eq!(port["source"]["line"], 2);
 }
+
+#[test]
+fn env_shows_what_a_host_alias_in_an_included_ssh_config_gives_the_tunnel() {
+    let dir = tempfile::tempdir().unwrap();
+    let ssh = dir.path().join(".ssh");
+    std::fs::create_dir_all(ssh.join("config.d")).unwrap();
+    std::fs::write(ssh.join("config"), "Include config.d/*\n").unwrap();
+    std::fs::write(
+        ssh.join("config.d/work"),
+        "Host bastion\n    HostName 10.20.0.5\n    User ubuntu\n    Port 2222\n    \
+         IdentityFile ~/.ssh/work.pem\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("ssh.env"), "BASTION_HOST_IP=bastion\n").unwrap();
+    let out = xtask(dir.path(), &["--env-file", "ssh.env", "env"], &[("BASTION_USER", "deploy")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+    let text = stdout(&out);
+    let line = |name: &str| {
+        let l = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap();
+        l.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    let work = ssh.join("config.d/work");
+    assert_eq!(
+        line("BASTION_HOST_IP"),
+        "BASTION_HOST_IP 10.20.0.5 (from ~/.ssh/config.d/work Host bastion) ssh.env:1"
+    );
+    assert_eq!(
+        line("BASTION_PORT"),
+        format!("BASTION_PORT 2222 (from ~/.ssh/config.d/work Host bastion) {}:4", work.display())
+    );
+    // A variable that is set wins over the alias, as in the tunnel.
+    assert_eq!(line("BASTION_USER"), "BASTION_USER deploy shell");
+    assert_eq!(
+        line("BASTION_KEY_FILE"),
+        format!(
+            "BASTION_KEY_FILE {} (from ~/.ssh/config.d/work Host bastion) {}:5",
+            ssh.join("work.pem").display(),
+            work.display()
+        )
+    );
+
+    let out = xtask(dir.path(), &["--env-file", "ssh.env", "env", "--json"], &[]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let user = json["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "BASTION_USER")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (&user["value"], &user["note"]),
+        (&"ubuntu".into(), &"from ~/.ssh/config.d/work Host bastion".into())
+    );
+    assert_eq!((&user["source"]["kind"], &user["source"]["line"]), (&"file".into(), &3.into()));
+}
+
+#[test]
+fn env_warns_about_an_ssh_config_include_loop_and_still_shows_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let ssh = dir.path().join(".ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::write(ssh.join("config"), "Include config\n").unwrap();
+    std::fs::write(dir.path().join("ssh.env"), "BASTION_HOST_IP=bastion\n").unwrap();
+    let out = xtask(dir.path(), &["--env-file", "ssh.env", "env"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config = ssh.join("config");
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "warning: {0}:1: `Include` of {0} nests more than 16 files deep (does a file \
+             include itself?): break the loop in your ssh config\n",
+            config.display()
+        )
+    );
+    assert!(stdout(&out).lines().any(|l| l.starts_with("BASTION_USER ") && l.contains("ec2-user")));
+}

@@ -112,6 +112,7 @@ fn report(err: &anyhow::Error, ctx: Option<&Context>) -> ExitCode {
             || cause.is::<mesh_supervisor::ManifestError>()
             || cause.is::<mesh_supervisor::PathError>()
             || cause.downcast_ref().is_some_and(local_key_problem)
+            || cause.downcast_ref().is_some_and(|e| matches!(e, TunnelError::SshConfig(_)))
             || cause.downcast_ref().is_some_and(|e| {
                 // A detached tunnel that stopped on a configuration error exited 2 itself.
                 matches!(e, ControlError::ChildFailed { status, .. } if status.code() == Some(2))

@@ -308,3 +308,31 @@ fn env_warns_about_an_ssh_config_include_loop_and_still_shows_the_table() {
     );
     assert!(stdout(&out).lines().any(|l| l.starts_with("BASTION_USER ") && l.contains("ec2-user")));
 }
+
+#[test]
+fn tunnel_start_with_an_ssh_config_include_loop_exits_2_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ssh = dir.path().join(".ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::write(ssh.join("config"), "Host bastion\n    Include config\n").unwrap();
+    // The alias is resolved before any port is bound; a free one keeps a regression quick.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(
+        dir.path().join("ssh.env"),
+        format!(
+            "BASTION_HOST_IP=bastion\nELASTICACHE_ENDPOINT=c.example\nREDIS_TUNNEL_PORT={port}\n"
+        ),
+    )
+    .unwrap();
+    let out = xtask(dir.path(), &["--env-file", "ssh.env", "tunnel", "start"], &[]);
+    let config = ssh.join("config");
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: {0}:2: `Include` of {0} nests more than 16 files deep (does a file include \
+             itself?): break the loop in your ssh config\n",
+            config.display()
+        )
+    );
+    assert_eq!(out.status.code(), Some(2));
+}

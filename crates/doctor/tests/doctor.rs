@@ -159,6 +159,42 @@ async fn wrong_host_key_is_refused_with_both_fingerprints() {
 }
 
 #[tokio::test]
+async fn bastion_alias_from_an_included_ssh_config_is_dialled_as_the_tunnel_dials_it() {
+    let sshd = Sshd::builder().start();
+    let mut fixture = Fixture::new();
+    let ssh_dir = fixture.home.path().join(".ssh");
+    std::fs::create_dir_all(ssh_dir.join("config.d")).unwrap();
+    std::fs::write(ssh_dir.join("config"), "Include config.d/*\n").unwrap();
+    std::fs::write(
+        ssh_dir.join("config.d/work"),
+        format!(
+            "Host work-bastion\n  HostName 127.0.0.1\n  Port {}\n  User {}\n",
+            sshd.port(),
+            sshd.user()
+        ),
+    )
+    .unwrap();
+    fixture.bastion(&sshd, "127.0.0.1:6379".parse().unwrap());
+    fixture.flags.retain(|(name, _)| name != "BASTION_PORT" && name != "BASTION_USER");
+    fixture.set("BASTION_HOST_IP", "work-bastion");
+
+    let report = fixture.run(fixture.options()).await;
+    let bastion = category(&report, Category::Bastion);
+    let expected = format!("{}@127.0.0.1:{}", sshd.user(), sshd.port());
+    assert!(bastion.summary.starts_with(&expected), "{}", bastion.summary);
+    assert_eq!(find(&report, Category::Bastion, "tcp").severity, Severity::Ok);
+    let auth = find(&report, Category::Bastion, "authentication");
+    assert_eq!(auth.message, format!("accepted as `{}`", sshd.user()));
+
+    // A loop of Includes is named, not dialled.
+    std::fs::write(ssh_dir.join("config"), "Include config\n").unwrap();
+    let report = fixture.run(fixture.options()).await;
+    let broken = find(&report, Category::Bastion, "ssh config");
+    assert_eq!(broken.severity, Severity::Fail);
+    assert!(broken.message.contains("config"), "{}", broken.message);
+}
+
+#[tokio::test]
 async fn closed_bastion_port_is_told_apart_from_a_cache_the_bastion_cannot_reach() {
     let sshd = Sshd::builder().start();
     let closed = free_port();

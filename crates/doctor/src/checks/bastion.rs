@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mesh_config::{Config, Forward, Secret};
-use mesh_tunnel::ssh_config::HostConfig;
 use mesh_tunnel::{State, TunnelError, TunnelSpec};
 use tokio::net::TcpStream;
 
@@ -40,8 +39,20 @@ pub(crate) async fn check(
         return (CategoryReport::skipped(Category::Bastion, why), None);
     };
     let spec = spec(env, config, asked.or(bastion.passphrase.as_ref()));
-    let (host, port) = dialled(&spec);
-    let label = format!("{}@{host}:{port}", spec.user_or_default());
+    // The bastion as the tunnel dials it: the ~/.ssh/config alias (with its Includes) and the
+    // defaults applied by the tunnel's own code, so the two never disagree.
+    let target = match spec.resolve() {
+        Ok(target) => target,
+        Err(error) => {
+            let fix = "fix the line named above in your ssh config, or set BASTION_HOST_IP to \
+                       an address";
+            let checks = vec![Check::fail("ssh config", error.to_string(), fix)];
+            let summary = format!("{}: cannot read the ssh config", spec.host);
+            return (CategoryReport::new(Category::Bastion, summary, checks), None);
+        }
+    };
+    let (host, port, user) = (target.host.clone(), target.port, target.user.clone());
+    let label = target.to_string();
 
     let mut checks = Vec::new();
     let reach = stamp(tcp(env, &host, port)).await;
@@ -59,8 +70,8 @@ pub(crate) async fn check(
     };
     let elapsed = started.elapsed();
     let (session_checks, session) = match outcome {
-        Ok(tunnel) => (proven(&spec), Some(Arc::new(tunnel))),
-        Err(error) => (refused(&spec, error), None),
+        Ok(tunnel) => (proven(&spec, &user), Some(Arc::new(tunnel))),
+        Err(error) => (refused(&spec, &user, error), None),
     };
     checks.extend(session_checks.into_iter().map(|c| c.took(elapsed)));
     let summary = match &session {
@@ -101,8 +112,14 @@ fn spec(env: &Env<'_>, config: &Config, passphrase: Option<&Secret>) -> TunnelSp
         })
         .collect();
     let mut spec = TunnelSpec::new(bastion.host.clone(), forwards);
-    spec.port = bastion.port;
-    spec.user = bastion.user.clone();
+    // Left unset (0, empty), as `tunnel start` leaves them: a `Host` alias of ~/.ssh/config
+    // then gives them, else 22 and ec2-user.
+    if config.is_set("BASTION_PORT") {
+        spec.port = bastion.port;
+    }
+    if config.is_set("BASTION_USER") {
+        spec.user = bastion.user.clone();
+    }
     spec.key_file = bastion.key_file.clone();
     spec.passphrase = passphrase.cloned();
     if !bastion.known_hosts.as_os_str().is_empty() {
@@ -119,32 +136,6 @@ fn spec(env: &Env<'_>, config: &Config, passphrase: Option<&Secret>) -> TunnelSp
     spec.connect_timeout = env.options.timeout;
     spec.channel_open_timeout = env.options.timeout;
     spec
-}
-
-trait UserOrDefault {
-    fn user_or_default(&self) -> String;
-}
-
-impl UserOrDefault for TunnelSpec {
-    fn user_or_default(&self) -> String {
-        if self.user.is_empty() {
-            "ec2-user".to_string()
-        } else {
-            self.user.clone()
-        }
-    }
-}
-
-/// The host and port actually dialled, after a `~/.ssh/config` alias.
-fn dialled(spec: &TunnelSpec) -> (String, u16) {
-    let alias = spec
-        .ssh_config
-        .as_ref()
-        .and_then(|p| HostConfig::load(p, &spec.host).ok())
-        .unwrap_or_default();
-    let host = alias.host_name.unwrap_or_else(|| spec.host.clone());
-    let port = if spec.port != 0 { spec.port } else { alias.port.unwrap_or(22) };
-    (host, port)
 }
 
 /// Name resolution and a TCP connect, each within the timeout.
@@ -187,10 +178,10 @@ async fn tcp(env: &Env<'_>, host: &str, port: u16) -> Check {
 }
 
 /// Every step passed.
-fn proven(spec: &TunnelSpec) -> Vec<Check> {
+fn proven(spec: &TunnelSpec, user: &str) -> Vec<Check> {
     let mut checks = vec![
         Check::ok("host key", format!("matches {}", spec.known_hosts.display())),
-        Check::ok("authentication", format!("accepted as `{}`", spec.user_or_default())),
+        Check::ok("authentication", format!("accepted as `{user}`")),
     ];
     checks.extend(spec.forwards.iter().map(|f| {
         Check::ok(
@@ -202,11 +193,11 @@ fn proven(spec: &TunnelSpec) -> Vec<Check> {
 }
 
 /// Which step refused, from the tunnel's own error; the steps before it passed.
-fn refused(spec: &TunnelSpec, error: TunnelError) -> Vec<Check> {
+fn refused(spec: &TunnelSpec, user: &str, error: TunnelError) -> Vec<Check> {
     let message = error.to_string();
     let fixed_in_message = "";
     let host_key_ok = Check::ok("host key", format!("matches {}", spec.known_hosts.display()));
-    let auth_ok = Check::ok("authentication", format!("accepted as `{}`", spec.user_or_default()));
+    let auth_ok = Check::ok("authentication", format!("accepted as `{user}`"));
     match error {
         TunnelError::UnknownHostKey { .. }
         | TunnelError::HostKeyMismatch { .. }

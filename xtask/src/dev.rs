@@ -379,6 +379,7 @@ async fn run_services(
         log_dir,
         color: ctx.out.color,
         timestamps: args.timestamps,
+        reaper: reaper_command(),
     };
     let expected = manifest.select(&args.only)?.len();
     let supervisor = Supervisor::new(manifest, options);
@@ -405,6 +406,41 @@ async fn run_services(
                 eprintln!("  {}", paint(ctx.out.color, DIM, line));
             }
             bail!(failure)
+        }
+    }
+}
+
+/// The hidden `__reaper` (`dev` starts it): waits for `dev` to end and, when it
+/// ended without stopping its services, stops them and says so on stderr.
+pub fn reap(grace: Duration) -> ExitCode {
+    use std::io::Write;
+    let reaped = mesh_supervisor::reaper::run(grace);
+    if let mesh_supervisor::Reaped::Orphans { stopped, killed } = reaped {
+        if !stopped.is_empty() {
+            let (n, k) = (stopped.len(), killed.len());
+            // The terminal may be gone by now; nothing is lost if this line is.
+            let _ = writeln!(
+                std::io::stderr(),
+                "`cargo xtask dev` was killed before stopping its services: its reaper stopped \
+                 {n} process group(s), {k} of them with SIGKILL"
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// This binary's hidden `__reaper`: it stops the services should `dev` be killed
+/// outright (SIGKILL, the OOM killer) before stopping them itself.
+fn reaper_command() -> Option<std::process::Command> {
+    match std::env::current_exe() {
+        Ok(exe) => {
+            let mut command = std::process::Command::new(exe);
+            command.arg("__reaper");
+            Some(command)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "no reaper: services will outlive `dev` if it is killed");
+            None
         }
     }
 }

@@ -59,6 +59,12 @@ enum Command {
     /// Run our bastion and a local Redis in the background, to try the commands by hand.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCmd),
+    /// Stop the services of a `dev` killed outright (started by `dev` itself).
+    #[command(name = "__reaper", hide = true)]
+    Reaper {
+        /// How long the services get between SIGTERM and SIGKILL, in milliseconds.
+        grace_ms: u64,
+    },
     /// Run a stand-in service (used by `dev --sandbox`).
     #[command(name = "__standin", hide = true)]
     Standin(sandbox::StandinArgs),
@@ -71,6 +77,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Reaper { grace_ms } = cli.command {
+        // Before anything that could fail: the reaper needs no configuration.
+        return dev::reap(std::time::Duration::from_millis(grace_ms));
+    }
     if !matches!(cli.command, Command::Dev(_)) {
         // `cargo xtask env | head` ends quietly, as command-line tools do. `dev` keeps
         // SIGPIPE ignored: it must outlive its reader to stop the services it started.
@@ -93,6 +103,7 @@ fn main() -> ExitCode {
         Command::Tunnel(cmd) => tunnel::run(cmd, &ctx),
         Command::Redis { cmd } => redis::run(cmd, &ctx),
         Command::Sandbox(cmd) => sandbox::run(cmd, &ctx),
+        Command::Reaper { .. } => unreachable!("handled above"),
         Command::Standin(args) => sandbox::run_standin(args),
         Command::Completions { shell } => completions::run(shell, Cli::command()),
     };

@@ -28,7 +28,8 @@ async fn main() {
         let vars = BTreeMap::new();
         let manifest = Manifest::load(&path, &vars).unwrap();
         let log_dir = dir.path().join("logs");
-        let options = Options { vars, only: vec![], log_dir, color: false, timestamps: true };
+        let options =
+            Options { vars, only: vec![], log_dir, color: false, timestamps: true, reaper: None };
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         let began = Instant::now();
         let run = tokio::spawn(Supervisor::new(manifest, options).run(tx));

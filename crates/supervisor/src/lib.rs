@@ -1,7 +1,8 @@
 //! The platform's services, run for development: a TOML manifest (commands,
 //! environment, dependencies, readiness, restarts, stop signals) and a
 //! supervisor that starts them in order, multiplexes their logs and stops
-//! every process it started.
+//! every process it started, with a reaper process that stops them should the
+//! supervisor's own process die first.
 //!
 //! ```no_run
 //! # use std::collections::BTreeMap;
@@ -10,7 +11,11 @@
 //! let manifest = Manifest::load("services.toml".as_ref(), &vars)?;
 //! check_paths(&manifest)?;
 //! let log_dir = "logs".into();
-//! let options = Options { vars, only: vec![], log_dir, color: true, timestamps: false };
+//! // A reaper: this binary's hidden subcommand calling `mesh_supervisor::reaper::run`.
+//! let mut reaper = std::process::Command::new(std::env::current_exe()?);
+//! reaper.arg("__reaper");
+//! let (only, color, timestamps, reaper) = (vec![], true, false, Some(reaper));
+//! let options = Options { vars, only, log_dir, color, timestamps, reaper };
 //! let supervisor = Supervisor::new(manifest, options);
 //! let stop = supervisor.stop_handle(); // call stop.request() on Ctrl+C (twice escalates)
 //! let (events, mut rx) = tokio::sync::mpsc::channel(1024);
@@ -28,6 +33,7 @@ mod logs;
 mod manifest;
 mod probe;
 mod process;
+pub mod reaper;
 mod supervisor;
 
 pub use logs::{LogLine, LogStyle, Stream, MAX_LINE_SHOWN, TAIL_LINES};
@@ -36,6 +42,7 @@ pub use manifest::{
     Manifest, ManifestError, PathError, Probe, Program, Restart, Service, DEFAULT_MANIFEST_FILE,
 };
 pub use nix::sys::signal::Signal;
+pub use reaper::Reaped;
 pub use supervisor::{
     Event, Failure, FailureReason, Options, Outcome, StopHandle, SuperviseError, Supervisor,
 };

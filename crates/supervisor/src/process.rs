@@ -2,14 +2,21 @@
 //! signal reaches everything it started (`go run` and the binary it builds).
 //!
 //! FIXME: a process that leaves its group (`setsid`, a self-daemonizing
-//! server) is out of `killpg`'s reach and survives the stop. Dev servers
+//! server) is out of `killpg`'s reach and survives the stop (and the reaper's
+//! cleanup below). Dev servers
 //! rarely do this; when one does, the next run's free-port check names the
 //! port it still holds.
 //!
-//! FIXME: when this process itself is SIGKILLed, the groups are orphaned and
-//! keep running. `PR_SET_PDEATHSIG` is no cure here: it fires when the
-//! spawning *thread* exits, and tokio's threads come and go. The next run's
-//! free-port check reports the leftovers.
+//! When this process itself dies without stopping them (SIGKILL, the OOM
+//! killer), the groups would be orphaned: the reaper (`crate::reaper`), a
+//! helper process told each group's id, stops them. `PR_SET_PDEATHSIG` is no
+//! cure: it fires when the spawning *thread* exits (tokio's threads come and
+//! go) and reaches only the direct child, not `go run`'s binary.
+//!
+//! FIXME: a group created in the instant between its spawn and the line that
+//! tells the reaper about it, or any group when no reaper could be started, is
+//! still orphaned by a SIGKILL; the next run's free-port check names the port
+//! it holds.
 
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
@@ -18,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// How often a stopping group is checked for members still alive.
-const POLL: Duration = Duration::from_millis(50);
+pub(crate) const POLL: Duration = Duration::from_millis(50);
 
 /// How long to wait for the kernel to finish off a group after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(5);

@@ -4,13 +4,14 @@
 
 use crate::logs::{pump, LogFile, LogLine, LogStyle, Sink, Stream, Tail};
 use crate::manifest::{Check, Condition, Manifest, ManifestError, Restart, Service};
-use crate::process::{terminate_group, Ended};
+use crate::process::{group_alive, terminate_group, Ended};
+use crate::reaper::ReaperPipe;
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
@@ -24,7 +25,7 @@ const STABLE_UPTIME: Duration = Duration::from_secs(60);
 const DRAIN: Duration = Duration::from_secs(1);
 
 /// What the caller decides about a run.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Options {
     /// Variables every child gets on top of the inherited environment (the
     /// configuration); env files and the manifest's `env` win over them.
@@ -37,6 +38,13 @@ pub struct Options {
     pub color: bool,
     /// Start each rendered log line with the local time.
     pub timestamps: bool,
+    /// The reaper, a helper that stops the services should this process die
+    /// without stopping them (SIGKILL, the OOM killer): a command whose body
+    /// calls [`crate::reaper::run`] with the grace in milliseconds the
+    /// supervisor appends as its last argument (the longest `stop_grace` of the
+    /// selected services). It is spawned once per run in its own session; when
+    /// it cannot be, the run goes on with a warning. None: no reaper.
+    pub reaper: Option<std::process::Command>,
 }
 
 /// What happens, in order, for the CLI to draw: spinners while `Waiting`,
@@ -251,9 +259,25 @@ struct Shared {
     /// True once the stop must not wait any more (second request).
     escalate: watch::Receiver<bool>,
     failures: mpsc::UnboundedSender<Failure>,
+    /// The reaper's pipe from spawn to the run's clean end, told of every
+    /// group created and gone; None when there is no reaper.
+    reaper: Mutex<Option<ReaperPipe>>,
 }
 
 impl Shared {
+    fn tell_reaper(&self, tell: impl FnOnce(&mut ReaperPipe)) {
+        if let Some(pipe) = self.reaper.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            tell(pipe);
+        }
+    }
+
+    /// Tells the reaper a group is gone, once none of it is alive.
+    fn group_gone(&self, pgid: i32) {
+        if !group_alive(pgid) {
+            self.tell_reaper(|pipe| pipe.gone(pgid));
+        }
+    }
+
     async fn emit(&self, event: Event) {
         // A receiver that went away only means nobody watches any more.
         let _ = self.events.send(event).await;
@@ -297,7 +321,7 @@ impl Supervisor {
     /// Runs the services until a stop request or a failure, then stops every
     /// one of them. Events go to `events` (bounded: a slow reader slows the
     /// children's output, it never loses it).
-    pub async fn run(self, events: mpsc::Sender<Event>) -> Result<Outcome, SuperviseError> {
+    pub async fn run(mut self, events: mpsc::Sender<Event>) -> Result<Outcome, SuperviseError> {
         let manifest = self.manifest.clone();
         let selected = manifest.select(&self.options.only)?;
         for &idx in &selected {
@@ -312,6 +336,19 @@ impl Supervisor {
         let (escalate_tx, escalate) = watch::channel(false);
         let (failures, mut failures_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(self.shared(&selected, events, shutdown, escalate, failures)?);
+        if let Some(command) = self.options.reaper.take() {
+            let services = manifest.services();
+            let grace = selected.iter().map(|&i| services[i].stop_grace).max().unwrap_or_default();
+            match ReaperPipe::spawn(command, grace) {
+                Ok(pipe) => {
+                    *shared.reaper.lock().unwrap_or_else(PoisonError::into_inner) = Some(pipe)
+                }
+                Err(error) => tracing::warn!(
+                    %error,
+                    "could not start the reaper: services will outlive this process if it is killed"
+                ),
+            }
+        }
 
         // Dropping the set (this future cancelled) aborts every service task,
         // and each one's `Running` then kills its group.
@@ -351,6 +388,10 @@ impl Supervisor {
         }
         if let Ok(failed) = failures_rx.try_recv() {
             failure.get_or_insert(failed);
+        }
+        let reaper = shared.reaper.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(pipe) = reaper {
+            pipe.finish().await;
         }
         Ok(failure.map_or(Outcome::Stopped, Outcome::Failed))
     }
@@ -398,6 +439,7 @@ impl Supervisor {
             shutdown,
             escalate,
             failures,
+            reaper: Mutex::new(None),
         })
     }
 }
@@ -548,6 +590,7 @@ async fn start(shared: &Arc<Shared>, idx: usize) -> Result<Running, FailureReaso
             error: e.to_string(),
         })?;
     let pid = child.id().expect("a just-spawned child has a pid");
+    shared.tell_reaper(|pipe| pipe.created(pid as i32));
     tracing::info!(service = %service.name, pid, "service started");
     shared
         .file(idx)
@@ -674,6 +717,7 @@ async fn reap_leftovers(shared: &Shared, idx: usize, mut running: Running) {
     terminate_group(running.pgid, service.stop_signal, service.stop_grace, shared.escalate.clone())
         .await;
     running.ended = true;
+    shared.group_gone(running.pgid);
     drain(std::mem::take(&mut running.pumps)).await;
 }
 
@@ -735,6 +779,7 @@ async fn stop(shared: &Shared, idx: usize, mut running: Running) {
         running.child.wait()
     );
     running.ended = true;
+    shared.group_gone(running.pgid);
     if ended == Ended::Killed {
         tracing::warn!(service = %service.name, "service killed after its grace period");
         shared.emit(Event::Killed { service: service.name.clone(), after: began.elapsed() }).await;

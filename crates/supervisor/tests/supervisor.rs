@@ -88,6 +88,7 @@ async fn run_with(
         log_dir: dir.join("logs"),
         color: false,
         timestamps: false,
+        reaper: None,
     };
     let supervisor = Supervisor::new(manifest, options);
     let stop = supervisor.stop_handle();
@@ -512,7 +513,8 @@ async fn cancelling_the_run_kills_every_group() {
     let vars = BTreeMap::new();
     let manifest = Manifest::load(&path, &vars).unwrap();
     let log_dir = dir.path().join("logs");
-    let options = Options { vars, only: vec![], log_dir, color: false, timestamps: false };
+    let options =
+        Options { vars, only: vec![], log_dir, color: false, timestamps: false, reaper: None };
     let (tx, mut rx) = mpsc::channel(64);
     let task = tokio::spawn(Supervisor::new(manifest, options).run(tx));
     let mut pids = Vec::new();

@@ -1,7 +1,13 @@
 //! `cargo xtask dev` refusing to start, through the built binary: what the
-//! user sees when the platform checkout is missing.
+//! user sees when the platform checkout is missing; and `dev --sandbox`
+//! killed outright, which must leave no service running.
 
+use std::io::Read;
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{alive, descendants, env_value};
 
 #[test]
 fn fail_default_manifest_without_checkout_says_how_to_set_mesh_root() {
@@ -179,4 +185,87 @@ fn fail_missing_key_file_exits_2_from_dev_with_or_without_checks_and_1_from_doct
     let report = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{report}");
     assert!(report.contains("[✗] SSH key"), "{report}");
+}
+
+/// The command line of `pid`, its arguments space-separated.
+fn cmdline(pid: u32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&raw).replace('\0', " ")
+}
+
+#[test]
+fn dev_sandbox_killed_outright_leaves_no_service_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut child, lines_rx, _reader) = common::spawn_dev_sandbox(tmp.path(), &[]);
+    let pid = child.id();
+    let stderr = child.stderr.take().unwrap();
+    let (err_tx, err_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = { stderr }.read_to_string(&mut text);
+        let _ = err_tx.send(text);
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sandbox_dir = None;
+    loop {
+        let line = lines_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("dev --sandbox did not get ready within 60 s")
+            });
+        if let Some((_, dir)) = line.split_once("files in ") {
+            sandbox_dir = Some(std::path::PathBuf::from(dir.trim()));
+        }
+        if line.starts_with("worker ready") {
+            break;
+        }
+    }
+    let env_file = sandbox_dir.expect("dev --sandbox names its directory").join("sandbox.env");
+    let rest_port = env_value(&env_file, "REST_API_PORT");
+    let everything = descendants(pid);
+    let services: Vec<u32> =
+        everything.iter().copied().filter(|&p| cmdline(p).contains(" __standin ")).collect();
+    let reaper: Vec<u32> =
+        everything.iter().copied().filter(|&p| cmdline(p).contains(" __reaper ")).collect();
+    // Should the reaper fail, the stand-ins are not left to the next test run.
+    struct Cleanup(Vec<u32>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for &pid in &self.0 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let _cleanup = Cleanup(everything.clone());
+    assert_eq!(services.len(), 3, "three stand-ins: {everything:?}");
+    assert_eq!(reaper.len(), 1, "one reaper: {everything:?}");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL)
+        .unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left: Vec<(u32, String)> =
+            everything.iter().filter(|&&p| alive(p)).map(|&p| (p, cmdline(p))).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "15 s after SIGKILL, still running: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The reaper held dev's stderr; it is closed now that every process is gone.
+    let err = err_rx.recv_timeout(Duration::from_secs(5)).expect("dev's stderr closed");
+    assert!(
+        err.contains(
+            "`cargo xtask dev` was killed before stopping its services: its reaper stopped 3 \
+             process group(s), 0 of them with SIGKILL"
+        ),
+        "stderr:\n{err}"
+    );
+    let rest_api = format!("127.0.0.1:{rest_port}");
+    assert!(std::net::TcpStream::connect(&rest_api).is_err(), "{rest_api} still answers");
 }

@@ -3,14 +3,14 @@
 //!
 //! Run: `cargo run -p mesh-tunnel --example bench [-- ROUNDS]` (default 5 rounds). It starts
 //! redis-server and OpenSSH sshd itself (through mesh-testkit), runs our engine in a child
-//! process of this same binary (so its CPU and RSS are its own), once as `tunnel start` runs
-//! it (a current-thread tokio runtime) and once as `dev` does (its own thread beside a 2-worker
-//! runtime), and `ssh -N -L` to the same sshd. The build profile is the one
+//! process: `cargo xtask tunnel start` itself (the binary the alias runs, built first with
+//! the same profile) and this binary's emulation of `dev` (the engine on its own thread beside
+//! a 2-worker runtime), and `ssh -N -L` to the same sshd. The build profile is the one
 //! `cargo run` uses, the same as the `cargo xtask` alias.
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,18 +27,18 @@ const SETTINGS: &[(&str, &[&str], u32)] = &[
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Mode {
     Direct,
-    OursCurrentThread,
+    OursXtask,
     OursDev,
     Ssh,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [Mode::Direct, Mode::OursCurrentThread, Mode::OursDev, Mode::Ssh];
+    const ALL: [Mode; 4] = [Mode::Direct, Mode::OursXtask, Mode::OursDev, Mode::Ssh];
 
     fn label(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
-            Mode::OursCurrentThread => "ours (current-thread)",
+            Mode::OursXtask => "cargo xtask tunnel",
             Mode::OursDev => "ours (as in dev)",
             Mode::Ssh => "ssh -N -L",
         }
@@ -63,7 +63,8 @@ fn main() {
     run(rounds, std::env::var_os("BENCH_QUICK").is_some());
 }
 
-/// The child: one tunnel, `current` (as `tunnel start`) or `dev` (as `dev`), until killed.
+/// The child: one tunnel, `current` (a current-thread runtime) or `dev` (as `dev` runs it),
+/// until killed.
 fn serve(args: &[String]) {
     let [flavor, ssh_port, user, key, known_hosts, local_port, redis_port] = args else {
         panic!("serve FLAVOR SSH_PORT USER KEY KNOWN_HOSTS LOCAL_PORT REDIS_PORT");
@@ -107,14 +108,16 @@ fn run(rounds: usize, quick: bool) {
     let exe = std::env::current_exe().unwrap();
 
     let mut tunnels: BTreeMap<Mode, (Running, u16)> = BTreeMap::new();
-    for (mode, flavor) in [(Mode::OursCurrentThread, "current"), (Mode::OursDev, "dev")] {
-        let port = free_port();
-        let mut command = Command::new(&exe);
-        command.arg("serve").arg(flavor).arg(sshd.port().to_string()).arg(sshd.user());
-        command.arg(&sshd.user_key().private_path).arg(sshd.known_hosts());
-        command.arg(port.to_string()).arg(redis.port().to_string()).stdin(Stdio::null());
-        tunnels.insert(mode, (Running::spawn(command).unwrap(), port));
-    }
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    let port = free_port();
+    let xtask = xtask_tunnel(&sshd, redis.port(), port, scratch.path());
+    tunnels.insert(Mode::OursXtask, (Running::spawn(xtask).unwrap(), port));
+    let port = free_port();
+    let mut command = Command::new(&exe);
+    command.arg("serve").arg("dev").arg(sshd.port().to_string()).arg(sshd.user());
+    command.arg(&sshd.user_key().private_path).arg(sshd.known_hosts());
+    command.arg(port.to_string()).arg(redis.port().to_string()).stdin(Stdio::null());
+    tunnels.insert(Mode::OursDev, (Running::spawn(command).unwrap(), port));
     let ssh_port = free_port();
     let mut ssh = sshd.ssh_command();
     ssh.args(["-N", "-o", "ExitOnForwardFailure=yes", "-L"]);
@@ -145,7 +148,7 @@ fn run(rounds: usize, quick: bool) {
             let mut order = Mode::ALL.to_vec();
             order.rotate_left(round % Mode::ALL.len());
             if quick {
-                order.retain(|m| matches!(m, Mode::OursCurrentThread | Mode::Ssh));
+                order.retain(|m| matches!(m, Mode::OursXtask | Mode::Ssh));
             }
             for mode in order {
                 let before = pid_of(mode).map(cpu_seconds);
@@ -172,6 +175,41 @@ fn run(rounds: usize, quick: bool) {
     }
     report(rounds, &results, &cpu, &rss);
     drop(tunnels);
+}
+
+/// `cargo xtask tunnel start` in the foreground: the binary the alias runs, built as the alias
+/// builds it (the dev profile and its overrides), with its own configuration file, state
+/// directory and HOME.
+fn xtask_tunnel(sshd: &Sshd, redis_port: u16, local_port: u16, scratch: &Path) -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+    let built = Command::new(cargo)
+        .args(["build", "-q", "-p", "xtask", "--bin", "xtask", "--manifest-path"])
+        .arg(&manifest)
+        .status()
+        .expect("cargo runs");
+    assert!(built.success(), "cargo build -p xtask failed");
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/examples/bench -> target/debug/xtask
+    let binary = exe.parent().and_then(Path::parent).unwrap().join("xtask");
+
+    let env_file = scratch.join("bench.env");
+    let settings = format!(
+        "BASTION_HOST_IP=127.0.0.1\nBASTION_PORT={}\nBASTION_USER={}\nBASTION_KEY_FILE={}\n\
+         BASTION_KNOWN_HOSTS={}\nELASTICACHE_ENDPOINT=127.0.0.1:{redis_port}\n\
+         REDIS_TUNNEL_PORT={local_port}\n",
+        sshd.port(),
+        sshd.user(),
+        sshd.user_key().private_path.display(),
+        sshd.known_hosts().display(),
+    );
+    std::fs::write(&env_file, settings).unwrap();
+    let mut command = Command::new(binary);
+    command.arg("--env-file").arg(&env_file).args(["tunnel", "start"]);
+    command.env_clear().env("HOME", scratch).env("PATH", std::env::var_os("PATH").unwrap());
+    command.env("XTASK_STATE_DIR", scratch.join("state")).env("NO_COLOR", "1");
+    command.current_dir(scratch).stdin(Stdio::null()).stdout(Stdio::null());
+    command
 }
 
 fn wait_for_port(port: u16, what: &str) {
@@ -257,7 +295,7 @@ fn report_quick(
     cpu: &BTreeMap<(usize, Mode), Vec<f64>>,
 ) {
     for (index, (setting, _, _)) in SETTINGS.iter().enumerate().take(2) {
-        for mode in [Mode::OursCurrentThread, Mode::Ssh] {
+        for mode in [Mode::OursXtask, Mode::Ssh] {
             let rps: Vec<f64> = ["SET", "GET"]
                 .iter()
                 .map(|t| {
@@ -307,7 +345,7 @@ fn report(
                 let rps = rps_of(mode);
                 let (lo, hi) = spread(&rps);
                 let ratio = match mode {
-                    Mode::OursCurrentThread | Mode::OursDev => format!(
+                    Mode::OursXtask | Mode::OursDev => format!(
                         "  x{:.2} rps, x{:.2} p50",
                         median(&rps) / ssh_rps,
                         p50_of(mode) / ssh_p50
@@ -328,7 +366,7 @@ fn report(
     }
     println!("\nCPU seconds per million requests of the tunnel process (median, min-max)");
     for (index, (setting, _, _)) in SETTINGS.iter().enumerate() {
-        let line: Vec<String> = [Mode::OursCurrentThread, Mode::OursDev, Mode::Ssh]
+        let line: Vec<String> = [Mode::OursXtask, Mode::OursDev, Mode::Ssh]
             .iter()
             .map(|&mode| {
                 let values = &cpu[&(index, mode)];

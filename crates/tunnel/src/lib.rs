@@ -31,6 +31,6 @@ pub use ping::redis_ping;
 pub use spec::{Target, TunnelSpec};
 pub use status::{ChannelError, ForwardStatus, State, Status};
 pub use thread::start_on_own_thread;
-pub use tunnel::{bind, BoundTunnel, Tunnel};
+pub use tunnel::{bind, BoundTunnel, Starting, Tunnel};
 
 pub use mesh_config::{Forward, Secret};

@@ -5,7 +5,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-use crate::{bind, Tunnel, TunnelError, TunnelSpec};
+use crate::{bind, Starting, Tunnel, TunnelError, TunnelSpec};
 
 /// The thread a tunnel runs on; dropping it ends the thread's runtime and every task on it.
 pub(crate) struct RuntimeThread {
@@ -28,8 +28,14 @@ impl Drop for RuntimeThread {
 
 /// [`bind`] and [`BoundTunnel::start`](crate::BoundTunnel::start) on a new thread with a
 /// current-thread runtime; the returned tunnel keeps that thread, and ends it when it is shut
-/// down or dropped. Call it from any tokio runtime.
-pub async fn start_on_own_thread(spec: TunnelSpec) -> Result<Tunnel, TunnelError> {
+/// down or dropped. Call it from any tokio runtime. Boxed and never inlined, like
+/// [`BoundTunnel::start`](crate::BoundTunnel::start) and for the same reason.
+#[inline(never)]
+pub fn start_on_own_thread(spec: TunnelSpec) -> Starting {
+    Box::pin(start_here(spec))
+}
+
+async fn start_here(spec: TunnelSpec) -> Result<Tunnel, TunnelError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

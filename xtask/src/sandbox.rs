@@ -88,6 +88,12 @@ fn up(paths: &DaemonPaths, tls: bool, ctx: &Context) -> anyhow::Result<ExitCode>
 }
 
 fn down(paths: &DaemonPaths, ctx: &Context) -> anyhow::Result<ExitCode> {
+    // The tunnel `up` suggests starting by hand goes first: left running, it would try to
+    // reconnect forever to a bastion that no longer exists.
+    if let Status::Running(running) = daemon::status(paths) {
+        crate::tunnel::stop_configured_by(&running.env_file, ctx)
+            .context("stop the tunnel through the sandbox")?;
+    }
     let stopped = daemon::stop(paths).context("stop the sandbox")?;
     if ctx.out.json {
         let report = serde_json::json!({ "stopped_pid": stopped, "removed": paths.dir() });

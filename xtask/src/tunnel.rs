@@ -125,6 +125,23 @@ fn setup(ctx: &Context) -> anyhow::Result<Setup> {
     Ok(Setup { config, root, state })
 }
 
+/// Stops the tunnel that `--env-file env_file tunnel start` would have started, if one runs
+/// (`sandbox down` uses it for the tunnel `sandbox up` suggests); says what it stopped.
+pub(crate) fn stop_configured_by(env_file: &Path, ctx: &Context) -> anyhow::Result<()> {
+    // Loaded without printing its warnings again: the user saw them when starting it.
+    let config = mesh_config::load(&ctx.load_options(vec![env_file.to_path_buf()], Vec::new()))?;
+    let Ok(bastion) = config.require_bastion() else { return Ok(()) };
+    let id = TunnelId::new(&bastion.host, bastion.port, &bastion.user, &config.forwards);
+    let state = StateRoot::from_config(&config).tunnel(&id);
+    let exes: Vec<PathBuf> = std::env::current_exe().into_iter().collect();
+    let outcome = runtime()?.block_on(control::stop(&state, &exes, STOP_GRACE))?;
+    if let StopOutcome::Stopped { pid, .. } = outcome {
+        let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+        ctx.out.say(&format!("tunnel {id}{pid} through the sandbox stopped"));
+    }
+    Ok(())
+}
+
 /// The state root without a valid configuration (for `status`, `stop --all`).
 fn state_root_or_env(ctx: &Context) -> anyhow::Result<StateRoot> {
     match ctx.config() {

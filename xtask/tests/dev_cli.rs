@@ -111,6 +111,41 @@ fn doctor_with_the_sandbox_env_file_checks_its_bastion_and_redis_and_skips_aws()
 }
 
 #[test]
+fn sandbox_down_stops_the_tunnel_started_by_hand_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let xtask = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .current_dir(dir.path())
+            .args(args)
+            .env("XTASK_STATE_DIR", dir.path().join("state"))
+            .env("HOME", dir.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let up = xtask(&["sandbox", "up", "--json"]);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap();
+    let env_file = json["env_file"].as_str().unwrap().to_string();
+    // What `sandbox up` suggests as the next step.
+    let start = xtask(&["--env-file", &env_file, "tunnel", "start", "--detach"]);
+    let status = xtask(&["--env-file", &env_file, "tunnel", "status", "--json"]);
+    let down = xtask(&["sandbox", "down"]);
+    assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let pid = status["tunnels"][0]["pid"].as_u64().expect("the tunnel's pid") as u32;
+
+    let said = String::from_utf8_lossy(&down.stdout);
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(said.contains(&format!("(pid {pid}) through the sandbox stopped")), "{said}");
+    assert!(said.contains("sandbox stopped"), "{said}");
+    assert!(!alive(pid), "the tunnel process {pid} is still running");
+    let after = xtask(&["tunnel", "status", "--json"]);
+    let after: serde_json::Value = serde_json::from_slice(&after.stdout).unwrap();
+    assert_eq!(after["tunnels"], serde_json::json!([]), "{after}");
+}
+
+#[test]
 fn fail_dev_without_any_configuration_points_to_env_example() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("empty.env"), "# nothing yet\n").unwrap();

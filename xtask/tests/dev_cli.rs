@@ -123,6 +123,15 @@ fn sandbox_down_stops_the_tunnel_started_by_hand_through_it() {
             .output()
             .unwrap()
     };
+    /// Stops whatever a failed assertion would leave running.
+    struct Cleanup<F: Fn(&[&str]) -> std::process::Output>(F);
+    impl<F: Fn(&[&str]) -> std::process::Output> Drop for Cleanup<F> {
+        fn drop(&mut self) {
+            (self.0)(&["tunnel", "stop", "--all"]);
+            (self.0)(&["sandbox", "down"]);
+        }
+    }
+    let _cleanup = Cleanup(xtask);
     let up = xtask(&["sandbox", "up", "--json"]);
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
     let json: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap();

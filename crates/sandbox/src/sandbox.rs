@@ -12,7 +12,7 @@ use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use tracing::info;
+use tracing::{debug, info};
 
 /// The name of the env file inside the sandbox directory.
 pub const SANDBOX_ENV_FILE: &str = "sandbox.env";
@@ -164,7 +164,42 @@ impl Sandbox {
     }
 }
 
+/// The file in a sandbox's directory naming the process that owns it.
+const OWNER_FILE: &str = "owner.pid";
+
 fn make_dir(parent: Option<&Path>) -> Result<tempfile::TempDir> {
+    let dir = new_dir(parent)?;
+    remove_stale(dir.path().parent().unwrap_or(Path::new("/")));
+    let owner = dir.path().join(OWNER_FILE);
+    std::fs::write(&owner, format!("{}\n", std::process::id()))
+        .map_err(|err| SandboxError::io("write", owner, err))?;
+    Ok(dir)
+}
+
+/// Removes the directories of sandboxes whose owner died without cleaning up (a `dev` killed
+/// outright): their redis-server died with it, and nothing else would ever remove them.
+/// A directory without an owner file, or whose owner is alive, is left alone.
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_sandbox = entry.file_name().to_string_lossy().starts_with("mesh-sandbox-");
+        let Ok(text) = std::fs::read_to_string(path.join(OWNER_FILE)) else { continue };
+        let Ok(pid) = text.trim().parse::<i32>() else { continue };
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if is_sandbox && pid > 1 && gone {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => info!(dir = %path.display(), pid, "removed a dead sandbox's directory"),
+                Err(err) => debug!(dir = %path.display(), %err, "could not remove a dead sandbox"),
+            }
+        }
+    }
+}
+
+fn new_dir(parent: Option<&Path>) -> Result<tempfile::TempDir> {
     let mut builder = tempfile::Builder::new();
     builder.prefix("mesh-sandbox-");
     match parent {

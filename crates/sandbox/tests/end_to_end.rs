@@ -143,7 +143,11 @@ fn an_event_posted_to_rest_api_is_acknowledged_by_the_worker_and_nothing_is_left
         http("GET", mcp_port, "/health", "").ok()
     });
     assert_eq!(health.0, 503, "mcp-server reported healthy without Redis: {}", health.1);
-    assert_eq!(http("GET", rest_port, "/readyz", "").unwrap().0, 503);
+    // Each stand-in listens when it is ready to: wait for rest-api too, not only mcp-server.
+    let readyz = wait_for("rest-api to answer", Duration::from_secs(10), || {
+        http("GET", rest_port, "/readyz", "").ok()
+    });
+    assert_eq!(readyz.0, 503, "rest-api reported ready without Redis: {}", readyz.1);
 
     let bastion = sandbox.bastion().unwrap();
     let mut tunnel = SshForward::start_on(

@@ -113,3 +113,27 @@ fn assert_nothing_left(
     assert!(!dir.exists(), "{} was left behind", dir.display());
     assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn directory_of_a_sandbox_whose_owner_died_is_removed_by_the_next_one() {
+    let parent = tempfile::tempdir().unwrap();
+    let mut exited = std::process::Command::new("true").spawn().unwrap();
+    exited.wait().unwrap();
+    let dead = parent.path().join("mesh-sandbox-dead");
+    let live = parent.path().join("mesh-sandbox-live");
+    let foreign = parent.path().join("mesh-sandbox-no-owner");
+    for dir in [&dead, &live, &foreign] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::write(dir.join("sandbox.env"), "REDIS_PASSWORD=x\n").unwrap();
+    }
+    std::fs::write(dead.join("owner.pid"), format!("{}\n", exited.id())).unwrap();
+    std::fs::write(live.join("owner.pid"), format!("{}\n", std::process::id())).unwrap();
+
+    let sandbox = up(&parent).await;
+    let owner = std::fs::read_to_string(sandbox.dir().join("owner.pid")).unwrap();
+    assert_eq!(owner.trim(), std::process::id().to_string());
+    assert!(!dead.exists(), "the dead owner's directory is still there");
+    assert!(live.exists(), "a live owner's directory was removed");
+    assert!(foreign.exists(), "a directory without an owner file was removed");
+    sandbox.shutdown().await.unwrap();
+}

@@ -47,8 +47,41 @@ pub fn run(shell: Shell, cmd: clap::Command) -> anyhow::Result<ExitCode> {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut cmd, name, &mut script);
     if shell == Shell::Bash {
+        script = without_hidden_words(&String::from_utf8_lossy(&script), &hidden_names(&cmd))
+            .into_bytes();
         script.extend_from_slice(BASH_CARGO_HOOK.as_bytes());
     }
     std::io::stdout().write_all(&script).context("write the completion script to stdout")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The names of the hidden subcommands (`__reaper`, `__standin`, `tunnel serve`...), at any
+/// depth: internal entry points nobody should be offered.
+fn hidden_names(cmd: &clap::Command) -> Vec<String> {
+    let mut names = Vec::new();
+    for sub in cmd.get_subcommands() {
+        if sub.is_hide_set() {
+            names.push(sub.get_name().to_string());
+        }
+        names.extend(hidden_names(sub));
+    }
+    names
+}
+
+/// clap_complete's bash script offers hidden subcommands among the words of its `opts="..."`
+/// lists; takes those words out (their branches stay, unreachable by completion).
+fn without_hidden_words(script: &str, hidden: &[String]) -> String {
+    let mut out = String::with_capacity(script.len());
+    for line in script.split_inclusive('\n') {
+        match line.split_once("opts=\"") {
+            Some((head, rest)) if !hidden.is_empty() => {
+                let (words, tail) = rest.split_once('"').unwrap_or((rest, ""));
+                let kept: Vec<&str> =
+                    words.split(' ').filter(|w| !hidden.iter().any(|h| h == w)).collect();
+                out.push_str(&format!("{head}opts=\"{}\"{tail}", kept.join(" ")));
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out
 }

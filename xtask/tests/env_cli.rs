@@ -172,6 +172,11 @@ fn bash_completions_complete_cargo_xtask_as_typed() {
         complete(&["cargo", "xtask", "--color", ""]),
         format!("{registered}auto\nalways\nnever\n")
     );
+    // Internal entry points are never offered.
+    assert_eq!(complete(&["cargo", "xtask", "__"]), format!("{registered}\n"), "no candidates");
+    let sandbox = complete(&["cargo", "xtask", "sandbox", ""]);
+    assert!(sandbox.ends_with("\nup\ndown\nstatus\nhelp\n"), "{sandbox}");
+    assert!(!sandbox.contains("serve"), "{sandbox}");
 
     // Other cargo commands stay with the completion cargo had before.
     let cargo_own = "_cargo() { COMPREPLY=(from-cargo-own); }\ncomplete -F _cargo cargo";

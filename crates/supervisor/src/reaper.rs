@@ -7,20 +7,20 @@
 //!
 //! | line | meaning |
 //! |---|---|
-//! | `PGID` | a service's process group was created |
+//! | `PGID SIGNAL` | a service's process group was created; SIGNAL (a number, optional, SIGTERM when absent) is its stop signal |
 //! | `-PGID` | that group is gone (stopped and reaped) |
 //! | `done` | the supervisor ended cleanly; nothing is to be signalled |
 //!
 //! End of input without `done` means the supervisor died, whatever killed it:
-//! the kernel closes the pipe for it. The reaper then sends SIGTERM to every
-//! group it still knows, waits up to the grace period, SIGKILLs what is left
+//! the kernel closes the pipe for it. The reaper then sends its stop signal to
+//! every group it still knows, waits up to the grace period, SIGKILLs what is left
 //! and exits. It signals nothing it was not told about, and never group 0, 1,
 //! its own or its parent's.
 
 use crate::process::{group_alive, signal_group, POLL};
 use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::unistd::{getpgid, getpgrp, getpid, getppid, setsid};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -58,12 +58,12 @@ pub fn run(grace: Duration) -> Reaped {
 pub fn reap(input: impl BufRead, grace: Duration) -> Reaped {
     let mut forbidden = vec![getpid().as_raw(), getpgrp().as_raw()];
     forbidden.extend(getpgid(Some(getppid())).ok().map(|p| p.as_raw()));
-    let mut groups = BTreeSet::new();
+    let mut groups = BTreeMap::new();
     // A read error is treated as the end: the supervisor is gone either way.
     for line in input.lines().map_while(Result::ok) {
         match parse(&line, &forbidden) {
-            Some(Message::Created(pgid)) => {
-                groups.insert(pgid);
+            Some(Message::Created(pgid, stop)) => {
+                groups.insert(pgid, stop);
             }
             Some(Message::Gone(pgid)) => {
                 groups.remove(&pgid);
@@ -79,7 +79,7 @@ pub fn reap(input: impl BufRead, grace: Duration) -> Reaped {
 /// One line of the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Message {
-    Created(i32),
+    Created(i32, Signal),
     Gone(i32),
     Done,
 }
@@ -91,6 +91,14 @@ fn parse(line: &str, forbidden: &[i32]) -> Option<Message> {
     if line == "done" {
         return Some(Message::Done);
     }
+    let (line, stop) = match line.split_once(' ') {
+        Some((pgid, number)) => (pgid, Some(number.trim())),
+        None => (line, None),
+    };
+    let stop = match stop {
+        None => Signal::SIGTERM,
+        Some(number) => Signal::try_from(number.parse::<i32>().ok()?).ok()?,
+    };
     let (gone, digits) = match line.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, line),
@@ -99,15 +107,18 @@ fn parse(line: &str, forbidden: &[i32]) -> Option<Message> {
         return None;
     }
     let pgid: i32 = digits.parse().ok().filter(|p| *p > 1 && !forbidden.contains(p))?;
-    Some(if gone { Message::Gone(pgid) } else { Message::Created(pgid) })
+    Some(if gone { Message::Gone(pgid) } else { Message::Created(pgid, stop) })
 }
 
-/// SIGTERM to each group, up to `grace` for them to go, SIGKILL to the rest.
-/// A group seen gone is dropped at once, so a group id the kernel hands out
-/// again later is never signalled.
-fn terminate(groups: BTreeSet<i32>, grace: Duration) -> Reaped {
-    let stopped: Vec<i32> =
-        groups.into_iter().filter(|&pgid| signal_group(pgid, Signal::SIGTERM)).collect();
+/// Its stop signal to each group, up to `grace` for them to go, SIGKILL to the
+/// rest. A group seen gone is dropped at once, so a group id the kernel hands
+/// out again later is never signalled.
+fn terminate(groups: BTreeMap<i32, Signal>, grace: Duration) -> Reaped {
+    let stopped: Vec<i32> = groups
+        .into_iter()
+        .filter(|&(pgid, stop)| signal_group(pgid, stop))
+        .map(|(pgid, _)| pgid)
+        .collect();
     let mut alive: Vec<i32> = stopped.clone();
     let deadline = Instant::now() + grace;
     loop {
@@ -165,9 +176,9 @@ impl ReaperPipe {
         Ok(ReaperPipe { child, stdin })
     }
 
-    /// A service's group was created.
-    pub(crate) fn created(&mut self, pgid: i32) {
-        self.send(&format!("{pgid}\n"));
+    /// A service's group was created; `stop` is the service's stop signal.
+    pub(crate) fn created(&mut self, pgid: i32, stop: Signal) {
+        self.send(&format!("{pgid} {}\n", stop as i32));
     }
 
     /// A service's group is gone.
@@ -214,13 +225,28 @@ mod tests {
     #[test]
     fn parse_accepts_group_ids_and_done_only() {
         let forbidden = [4242, 77];
-        assert_eq!(parse("123", &forbidden), Some(Message::Created(123)));
+        assert_eq!(parse("123", &forbidden), Some(Message::Created(123, Signal::SIGTERM)));
+        assert_eq!(parse("123 2", &forbidden), Some(Message::Created(123, Signal::SIGINT)));
         assert_eq!(parse("-123", &forbidden), Some(Message::Gone(123)));
-        assert_eq!(parse(" 9 ", &forbidden), Some(Message::Created(9)));
+        assert_eq!(parse(" 9 ", &forbidden), Some(Message::Created(9, Signal::SIGTERM)));
         assert_eq!(parse("done", &forbidden), Some(Message::Done));
-        for refused in
-            ["0", "1", "-1", "-0", "4242", "-77", "--5", "+5", "", "-", "x1", "99999999999"]
-        {
+        for refused in [
+            "0",
+            "1",
+            "-1",
+            "-0",
+            "4242",
+            "-77",
+            "--5",
+            "+5",
+            "",
+            "-",
+            "x1",
+            "99999999999",
+            "5 0",
+            "5 99",
+            "5 x",
+        ] {
             assert_eq!(parse(refused, &forbidden), None, "{refused:?}");
         }
     }
@@ -237,5 +263,22 @@ mod tests {
         let input = std::io::Cursor::new("2147483646\n2147483645\n-2147483646\n");
         let reaped = reap(input, Duration::from_millis(10));
         assert_eq!(reaped, Reaped::Orphans { stopped: vec![], killed: vec![] });
+    }
+
+    #[test]
+    fn reap_sends_each_group_its_own_stop_signal() {
+        use std::os::unix::process::CommandExt;
+        // Ignores SIGTERM, exits on SIGINT: only its own stop signal ends it before the grace.
+        let mut service = std::process::Command::new("sh")
+            .args(["-c", "trap '' TERM; trap 'exit 0' INT; while :; do sleep 0.05; done"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = service.id() as i32;
+        std::thread::sleep(Duration::from_millis(200)); // the traps are set
+        let input = std::io::Cursor::new(format!("{pgid} {}\n", Signal::SIGINT as i32));
+        let reaped = reap(input, Duration::from_secs(20));
+        let _ = service.wait();
+        assert_eq!(reaped, Reaped::Orphans { stopped: vec![pgid], killed: vec![] });
     }
 }

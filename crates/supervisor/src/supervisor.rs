@@ -590,7 +590,7 @@ async fn start(shared: &Arc<Shared>, idx: usize) -> Result<Running, FailureReaso
             error: e.to_string(),
         })?;
     let pid = child.id().expect("a just-spawned child has a pid");
-    shared.tell_reaper(|pipe| pipe.created(pid as i32));
+    shared.tell_reaper(|pipe| pipe.created(pid as i32, service.stop_signal));
     tracing::info!(service = %service.name, pid, "service started");
     shared
         .file(idx)

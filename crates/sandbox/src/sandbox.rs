@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use tracing::{debug, info};
 
@@ -201,7 +202,8 @@ fn remove_stale(parent: &Path) {
 
 fn new_dir(parent: Option<&Path>) -> Result<tempfile::TempDir> {
     let mut builder = tempfile::Builder::new();
-    builder.prefix("mesh-sandbox-");
+    // Private from its creation: it will hold a private key and the Redis password.
+    builder.prefix("mesh-sandbox-").permissions(std::fs::Permissions::from_mode(0o700));
     match parent {
         Some(parent) => {
             std::fs::create_dir_all(parent)

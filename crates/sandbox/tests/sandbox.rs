@@ -29,6 +29,8 @@ async fn env_file_points_every_variable_at_the_sandbox() {
     assert_eq!(from_file, vars);
     let mode = std::fs::metadata(env_file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+    let dir_mode = std::fs::metadata(sandbox.dir()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o700, "the sandbox's directory holds a key and a password");
 
     let bastion = sandbox.bastion().unwrap();
     let redis = sandbox.redis().unwrap();

@@ -6,6 +6,7 @@ use crate::manifest::LinePattern;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -118,7 +119,15 @@ impl LogFile {
     /// the copy on disk, never the terminal output, so the error is returned
     /// for the caller to report.
     pub(crate) fn create(path: PathBuf) -> std::io::Result<LogFile> {
-        let file = File::create(&path)?;
+        // Services log what they see (tokens in URLs, stack traces with data): owner only.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        // `mode` only applies to a new file: tighten one left by an older run.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         Ok(LogFile { path, file: Arc::new(Mutex::new(Some(file))) })
     }
 

@@ -9,6 +9,7 @@ use crate::reaper::ReaperPipe;
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -406,7 +407,10 @@ impl Supervisor {
     ) -> Result<Shared, SuperviseError> {
         let services = self.manifest.services();
         let log_dir = &self.options.log_dir;
-        std::fs::create_dir_all(log_dir)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(log_dir)
             .map_err(|source| SuperviseError::LogDir { path: log_dir.clone(), source })?;
         let mut files = vec![None; services.len()];
         let mut dependents = vec![Vec::new(); services.len()];

@@ -250,6 +250,11 @@ async fn crash_before_ready_skips_dependents_and_shows_last_lines() {
         )
     );
     assert!(std::fs::read_to_string(&log).unwrap().contains(" line 1\n"));
+    // Services log what they see: only the owner reads the logs.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&log), 0o600);
+    assert_eq!(mode(&dir.path().join("logs")), 0o700);
     assert!(
         !run.events
             .iter()

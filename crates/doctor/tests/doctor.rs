@@ -195,6 +195,63 @@ async fn bastion_alias_from_an_included_ssh_config_is_dialled_as_the_tunnel_dial
 }
 
 #[tokio::test]
+async fn identity_file_of_the_ssh_config_alias_is_the_key_checked() {
+    let sshd = Sshd::builder().start();
+    let mut fixture = Fixture::new();
+    let ssh_dir = fixture.home.path().join(".ssh");
+    std::fs::create_dir_all(ssh_dir.join("config.d")).unwrap();
+    std::fs::write(ssh_dir.join("config"), "Include config.d/*\n").unwrap();
+    let key = sshd.user_key().private_path.clone();
+    std::fs::write(
+        ssh_dir.join("config.d/bastion"),
+        format!(
+            "# the team's bastion\nHost mybastion\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  \
+             IdentityFile {}\n",
+            sshd.port(),
+            sshd.user(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    fixture.bastion(&sshd, "127.0.0.1:6379".parse().unwrap());
+    fixture.flags.retain(|(name, _)| {
+        !matches!(name.as_str(), "BASTION_PORT" | "BASTION_USER" | "BASTION_KEY_FILE")
+    });
+    fixture.set("BASTION_HOST_IP", "mybastion");
+    fixture.shell.remove("SSH_AUTH_SOCK");
+
+    let report = fixture.run(fixture.options()).await;
+    let ssh_key = category(&report, Category::SshKey);
+    assert_eq!(ssh_key.severity, Severity::Ok, "{ssh_key:#?}");
+    let source = find(&report, Category::SshKey, "source");
+    assert_eq!(source.message, "IdentityFile from ~/.ssh/config.d/bastion:6");
+    assert!(ssh_key.summary.ends_with(", IdentityFile from ~/.ssh/config.d/bastion:6"));
+    assert_eq!(find(&report, Category::SshKey, "mode").message, "0600");
+    let auth = find(&report, Category::Bastion, "authentication");
+    assert_eq!(auth.message, format!("accepted as `{}`", sshd.user()));
+
+    // The alias's key is held to the same rules as BASTION_KEY_FILE's.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let loose = fixture.run(Options { quick: true, ..fixture.options() }).await;
+    let mode = find(&loose, Category::SshKey, "mode");
+    assert_eq!(mode.severity, Severity::Fail);
+    assert_eq!(mode.fix.as_deref(), Some(&*format!("chmod 600 {}", key.display())));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // A missing IdentityFile names its line.
+    std::fs::remove_file(&key).unwrap();
+    let gone = fixture.run(Options { quick: true, ..fixture.options() }).await;
+    let file = find(&gone, Category::SshKey, "file");
+    assert_eq!(file.severity, Severity::Fail);
+    assert!(
+        file.message.starts_with("IdentityFile from ~/.ssh/config.d/bastion:6 "),
+        "{}",
+        file.message
+    );
+    assert!(file.fix.as_deref().unwrap().starts_with("correct IdentityFile at ~/.ssh/config.d/"));
+}
+
+#[tokio::test]
 async fn closed_bastion_port_is_told_apart_from_a_cache_the_bastion_cannot_reach() {
     let sshd = Sshd::builder().start();
     let closed = free_port();

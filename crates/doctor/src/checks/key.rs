@@ -1,6 +1,8 @@
-//! SSH key: the file exists, is a regular file owned by the user with mode
-//! 0600 or 0400, parses, and is either unencrypted or openable (a passphrase,
-//! the agent, or a terminal to ask on); its type. Without a key file, the agent.
+//! SSH key: the key file the tunnel will really use (`BASTION_KEY_FILE`, else
+//! the `IdentityFile` of the bastion's `~/.ssh/config` alias) exists, is a
+//! regular file owned by the user with mode 0600 or 0400, parses, and is either
+//! unencrypted or openable (a passphrase, the agent, or a terminal to ask on);
+//! its type. Without a key file, the agent.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -8,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use mesh_config::{Config, Secret};
+use mesh_tunnel::ssh_config::{ConfigLine, Key};
+use mesh_tunnel::TunnelSpec;
 use russh::keys::agent::client::AgentClient;
 use russh::keys::agent::AgentIdentity;
 use russh::keys::ssh_key::{Algorithm, PrivateKey, PublicKey};
@@ -23,6 +27,59 @@ enum Parsed {
     Pem { kind: &'static str, encrypted: bool, text: String },
 }
 
+/// Where the key the tunnel will offer first comes from.
+pub(crate) enum Source {
+    /// `BASTION_KEY_FILE` (or its alias `SSH_KEY_PATH`).
+    Variable,
+    /// The `IdentityFile` line of the bastion's `Host` alias in the ssh config.
+    SshConfig(ConfigLine),
+}
+
+impl Source {
+    /// Said to the user: `BASTION_KEY_FILE`, `IdentityFile from ~/.ssh/config.d/bastion:5`.
+    fn describe(&self, env: &Env<'_>) -> String {
+        match self {
+            Source::Variable => "BASTION_KEY_FILE".to_string(),
+            Source::SshConfig(line) => {
+                format!("IdentityFile from {}:{}", env.show(&line.path), line.line)
+            }
+        }
+    }
+
+    /// How to point the tunnel at the right key, for fixes.
+    fn repoint(&self, env: &Env<'_>) -> String {
+        match self {
+            Source::Variable => {
+                "set BASTION_KEY_FILE to the private key the bastion accepts".into()
+            }
+            Source::SshConfig(line) => format!(
+                "correct IdentityFile at {}:{}, or set BASTION_KEY_FILE to the private key the \
+                 bastion accepts",
+                env.show(&line.path),
+                line.line
+            ),
+        }
+    }
+}
+
+/// The key file the tunnel will use, as `TunnelSpec::resolve` gives it: `BASTION_KEY_FILE`,
+/// else the `IdentityFile` of a `Host` alias in `~/.ssh/config` (Includes followed). An ssh
+/// config that cannot be resolved falls back to the variable (the Bastion check names it).
+pub(crate) fn key_file(config: &Config, home: Option<&Path>) -> Option<(PathBuf, Source)> {
+    let bastion = config.bastion.as_ref()?;
+    let mut spec = TunnelSpec::new(bastion.host.clone(), Vec::new());
+    spec.key_file = bastion.key_file.clone();
+    spec.ssh_config = home.map(|h| h.join(".ssh/config"));
+    let Ok(target) = spec.resolve() else {
+        return bastion.key_file.clone().map(|path| (path, Source::Variable));
+    };
+    let path = target.key_file?;
+    match target.from_ssh_config.get(&Key::IdentityFile) {
+        Some(line) => Some((path, Source::SshConfig(line.clone()))),
+        None => Some((path, Source::Variable)),
+    }
+}
+
 pub(crate) async fn check(env: &Env<'_>, asked: Option<&Secret>) -> CategoryReport {
     let Some(config) = env.config else { return needs_config(Category::SshKey) };
     let Some(bastion) = &config.bastion else {
@@ -31,14 +88,15 @@ pub(crate) async fn check(env: &Env<'_>, asked: Option<&Secret>) -> CategoryRepo
     };
     let started = Instant::now();
     let agent = agent_keys(env).await;
-    let Some(path) = &bastion.key_file else {
-        let check = agent_only(&agent).took(started.elapsed());
+    let Some((path, source)) = key_file(config, env.home().as_deref()) else {
+        let check = agent_only(&agent, &bastion.host).took(started.elapsed());
         return CategoryReport::new(Category::SshKey, check.message.clone(), vec![check]);
     };
     let passphrase = asked.or(bastion.passphrase.as_ref());
-    let checks = file_checks(env, path, passphrase, &agent).await;
+    let mut checks = vec![Check::ok("source", source.describe(env))];
+    checks.extend(file_checks(env, &path, &source, passphrase, &agent).await);
     let checks: Vec<Check> = checks.into_iter().map(|c| c.took(started.elapsed())).collect();
-    let mut summary = env.show(path);
+    let mut summary = env.show(&path);
     let details: Vec<&str> = checks
         .iter()
         .filter(|c| c.severity == Severity::Ok && (c.name == "type" || c.name == "encryption"))
@@ -47,24 +105,27 @@ pub(crate) async fn check(env: &Env<'_>, asked: Option<&Secret>) -> CategoryRepo
     if !details.is_empty() {
         summary = format!("{summary} ({})", details.join(", "));
     }
+    if let Source::SshConfig(_) = source {
+        summary = format!("{summary}, {}", source.describe(env));
+    }
     CategoryReport::new(Category::SshKey, summary, checks)
 }
 
 /// No key file: everything rests on the agent.
-fn agent_only(agent: &Option<Vec<PublicKey>>) -> Check {
+fn agent_only(agent: &Option<Vec<PublicKey>>, host: &str) -> Check {
+    let none = format!("no BASTION_KEY_FILE nor IdentityFile for `{host}` in ~/.ssh/config");
     match agent {
-        Some(keys) if !keys.is_empty() => Check::ok(
-            "agent",
-            format!("no BASTION_KEY_FILE; ssh-agent offers {} key(s)", keys.len()),
-        ),
+        Some(keys) if !keys.is_empty() => {
+            Check::ok("agent", format!("{none}; ssh-agent offers {} key(s)", keys.len()))
+        }
         Some(_) => Check::fail(
             "agent",
-            "no BASTION_KEY_FILE, and ssh-agent holds no key",
+            format!("{none}, and ssh-agent holds no key"),
             "`ssh-add ~/.ssh/<your key>`, or set BASTION_KEY_FILE in .env",
         ),
         None => Check::fail(
             "key",
-            "no BASTION_KEY_FILE and no ssh-agent (SSH_AUTH_SOCK unset or dead): no key to offer",
+            format!("{none}, and no ssh-agent (SSH_AUTH_SOCK unset or dead): no key to offer"),
             "set BASTION_KEY_FILE=~/.ssh/<your key> in .env, or start ssh-agent and `ssh-add` it",
         ),
     }
@@ -73,6 +134,7 @@ fn agent_only(agent: &Option<Vec<PublicKey>>) -> Check {
 async fn file_checks(
     env: &Env<'_>,
     path: &Path,
+    source: &Source,
     passphrase: Option<&Secret>,
     agent: &Option<Vec<PublicKey>>,
 ) -> Vec<Check> {
@@ -80,18 +142,13 @@ async fn file_checks(
     let meta = match std::fs::metadata(path) {
         Ok(meta) => meta,
         Err(e) => {
-            let message = format!("BASTION_KEY_FILE {shown}: {e}");
-            let fix = "set BASTION_KEY_FILE to the private key the bastion accepts";
-            return vec![Check::fail("file", message, fix)];
+            let message = format!("{} {shown}: {e}", source.describe(env));
+            return vec![Check::fail("file", message, source.repoint(env))];
         }
     };
     if !meta.is_file() {
-        let message = format!("BASTION_KEY_FILE {shown} is not a regular file");
-        return vec![Check::fail(
-            "file",
-            message,
-            "point BASTION_KEY_FILE at the private key file",
-        )];
+        let message = format!("{} {shown} is not a regular file", source.describe(env));
+        return vec![Check::fail("file", message, source.repoint(env))];
     }
     let mut checks = vec![owner(&meta, &shown), mode(&meta, path, &shown)];
     let parsed = match parse(path) {
@@ -273,20 +330,21 @@ async fn agent_keys(env: &Env<'_>) -> Option<Vec<PublicKey>> {
     )
 }
 
-/// The key file to ask a passphrase for before the checks start: encrypted,
-/// and no `BASTION_KEY_PASSPHRASE`.
+/// The key file to ask a passphrase for before the checks start: the one the tunnel will
+/// use ([`key_file`]), encrypted, and no `BASTION_KEY_PASSPHRASE`.
 pub(crate) fn needs_prompt(
     config: Option<&Config>,
-    _shell: &BTreeMap<String, String>,
+    shell: &BTreeMap<String, String>,
 ) -> Option<PathBuf> {
-    let bastion = config?.bastion.as_ref()?;
-    let path = bastion.key_file.as_ref()?;
-    if bastion.passphrase.is_some() {
+    let config = config?;
+    if config.bastion.as_ref()?.passphrase.is_some() {
         return None;
     }
-    let encrypted = match parse(path).ok()? {
+    let home = shell.get("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+    let (path, _) = key_file(config, home.as_deref())?;
+    let encrypted = match parse(&path).ok()? {
         Parsed::OpenSsh(key) => key.is_encrypted(),
         Parsed::Pem { encrypted, .. } => encrypted,
     };
-    encrypted.then(|| path.clone())
+    encrypted.then_some(path)
 }

@@ -12,6 +12,8 @@ use crate::Options;
 pub(crate) struct Env<'a> {
     /// The workspace root: `.env`, `.gitignore`, `services.toml`.
     pub root: &'a Path,
+    /// `--env-file` paths as given; when any, they replace `.env` and `.env.local`.
+    pub env_files: &'a [PathBuf],
     /// `None` when the configuration did not load (the Configuration category says why).
     pub config: Option<&'a mesh_config::Config>,
     /// The process environment as the caller passed it (tests pass their own).
@@ -57,13 +59,14 @@ impl std::fmt::Display for RunError {
 impl<'a> Env<'a> {
     pub fn new(
         root: &'a Path,
+        env_files: &'a [PathBuf],
         config: Option<&'a mesh_config::Config>,
         shell: &'a BTreeMap<String, String>,
         options: &'a Options,
     ) -> Env<'a> {
         let mut child_env = config.map(|c| c.child_env()).unwrap_or_default();
         child_env.extend(shell.iter().map(|(k, v)| (k.clone(), v.clone())));
-        Env { root, config, shell, child_env, options }
+        Env { root, env_files, config, shell, child_env, options }
     }
 
     /// A variable of the process environment, empty counting as unset.

@@ -142,7 +142,7 @@ impl Doctor {
     pub async fn run(&self) -> Report {
         let started = Instant::now();
         let root = self.load.root.clone();
-        let env = Env::new(&root, self.config(), &self.shell, &self.options);
+        let env = Env::new(&root, &self.load.env_files, self.config(), &self.shell, &self.options);
         let deadline = self.options.deadline();
         let run = checks::run_all(&env, &self.config, self.passphrase.as_ref());
         let (categories, session) = match tokio::time::timeout(deadline, run).await {

@@ -284,6 +284,22 @@ async fn closed_bastion_port_is_told_apart_from_a_cache_the_bastion_cannot_reach
 }
 
 #[tokio::test]
+async fn env_file_flag_with_a_bad_value_still_counts_as_replacing_dotenv() {
+    let fixture = Fixture::new();
+    let staging =
+        fixture.write("staging.env", "BASTION_HOST_IP=10.0.1.10\nBASTION_PORT=twenty-two\n");
+    let load = mesh_config::LoadOptions { env_files: vec![staging.clone()], ..fixture.load() };
+    let options = Options { quick: true, ..fixture.options() };
+
+    let report = mesh_doctor::Doctor::new(load, options).run().await;
+    assert_eq!(find(&report, Category::Configuration, "BASTION_PORT").severity, Severity::Fail);
+    let dotenv = find(&report, Category::Configuration, ".env");
+    assert_eq!(dotenv.severity, Severity::Ok, "{dotenv:#?}");
+    assert_eq!(dotenv.message, format!("replaced by --env-file {}", staging.display()));
+    assert_eq!(dotenv.auto_fix, None);
+}
+
+#[tokio::test]
 async fn port_held_by_another_process_names_it() {
     let mut fixture = Fixture::new();
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -40,10 +40,10 @@ pub(crate) async fn check(env: &Env<'_>, config: &Result<Config, ConfigError>) -
 fn env_file(env: &Env<'_>) -> Check {
     let dotenv = env.root.join(".env");
     let example = env.root.join(".env.example");
-    if let Some(config) = env.config {
-        if !config.files.is_empty() && !config.files.iter().any(|f| f == &dotenv) {
-            return Check::ok(".env", "replaced by --env-file");
-        }
+    // Known from the command line, so also when a file holds a bad value and nothing loaded.
+    if !env.env_files.is_empty() {
+        let files: Vec<String> = env.env_files.iter().map(|f| env.show(f)).collect();
+        return Check::ok(".env", format!("replaced by --env-file {}", files.join(", ")));
     }
     if dotenv.is_file() {
         return Check::ok(".env", env.show(&dotenv));

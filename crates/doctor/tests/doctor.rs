@@ -300,6 +300,77 @@ async fn env_file_flag_with_a_bad_value_still_counts_as_replacing_dotenv() {
 }
 
 #[tokio::test]
+async fn env_copied_unedited_from_the_example_names_its_placeholders() {
+    let fixture = Fixture::new();
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.env.example"),
+    )
+    .unwrap();
+    fixture.write(".env.example", &example);
+    fixture.write(".env", &example);
+    let options = Options { quick: true, ..fixture.options() };
+
+    let report = fixture.run(options.clone()).await;
+    let configuration = category(&report, Category::Configuration);
+    assert_eq!(configuration.severity, Severity::Fail, "{configuration:#?}");
+    assert!(
+        configuration.summary.ends_with(
+            "still .env.example's placeholder: BASTION_HOST_IP, ELASTICACHE_ENDPOINT, \
+             BASTION_KEY_FILE"
+        ),
+        "{}",
+        configuration.summary
+    );
+    let host = find(&report, Category::Configuration, "BASTION_HOST_IP");
+    assert_eq!(host.severity, Severity::Fail);
+    assert_eq!(
+        host.message,
+        "BASTION_HOST_IP=10.0.1.10 is still the example's placeholder: set your bastion's \
+         address (or its ~/.ssh/config Host alias)"
+    );
+    let endpoint = find(&report, Category::Configuration, "ELASTICACHE_ENDPOINT");
+    assert_eq!(endpoint.severity, Severity::Fail);
+    assert_eq!(find(&report, Category::Configuration, "BASTION_KEY_FILE").severity, Severity::Warn);
+    assert_eq!(report.exit_code, 1);
+
+    // Edited values are the user's: nothing flagged.
+    let key = generate_key(fixture.home.path(), KeyType::Ed25519, None);
+    let edited = example
+        .replace("BASTION_HOST_IP=10.0.1.10", "BASTION_HOST_IP=10.20.0.7")
+        .replace("my-cache.abc123", "team-cache.x1y2z3")
+        .replace("~/.ssh/dev-bastion.pem", &key.private_path.display().to_string());
+    fixture.write(".env", &edited);
+    let report = fixture.run(options).await;
+    let configuration = category(&report, Category::Configuration);
+    assert_eq!(configuration.severity, Severity::Ok, "{configuration:#?}");
+    assert!(!configuration.summary.contains("placeholder"), "{}", configuration.summary);
+}
+
+#[tokio::test]
+async fn key_that_cannot_be_loaded_is_not_reported_as_refused_by_the_bastion() {
+    let sshd = Sshd::builder().start();
+    let mut fixture = Fixture::new();
+    let missing = fixture.home.path().join(".ssh/dev-bastion.pem");
+    fixture
+        .bastion(&sshd, "127.0.0.1:6379".parse().unwrap())
+        .set("BASTION_KEY_FILE", missing.display());
+
+    let report = fixture.run(fixture.options()).await;
+    let bastion = category(&report, Category::Bastion);
+    assert_eq!(
+        bastion.summary,
+        format!(
+            "{}@127.0.0.1:{}: no SSH session tried: the key cannot be used (see SSH key)",
+            sshd.user(),
+            sshd.port()
+        )
+    );
+    assert_eq!(find(&report, Category::Bastion, "key").severity, Severity::Fail);
+    let names: Vec<&str> = bastion.checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["tcp", "key"], "no host key or authentication step was taken");
+}
+
+#[tokio::test]
 async fn port_held_by_another_process_names_it() {
     let mut fixture = Fixture::new();
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -575,6 +646,8 @@ async fn port_held_by_our_own_tunnel_reports_its_health() {
         pid: std::process::id(),
         started_at: 0,
         exe: None,
+        owner: Default::default(),
+        detached: false,
     };
     let status = serde_json::json!({ "state": "reconnecting", "attempt": 2, "reason": "no answer to keepalives" });
     let guard =

@@ -206,13 +206,15 @@ fn refused(spec: &TunnelSpec, user: &str, error: TunnelError) -> Vec<Check> {
         | TunnelError::KnownHostsWrite { .. } => {
             vec![Check::fail("host key", message, fixed_in_message)]
         }
-        TunnelError::AuthRejected { .. }
-        | TunnelError::NoCredentials { .. }
-        | TunnelError::KeyNeedsPassphrase { .. }
+        // The key is loaded before dialling: nothing was sent to the bastion.
+        TunnelError::KeyNeedsPassphrase { .. }
         | TunnelError::KeyPermissions { .. }
         | TunnelError::KeyUnreadable { .. }
         | TunnelError::UnsupportedKeyFormat { .. }
         | TunnelError::WrongPassphrase { .. } => {
+            vec![Check::fail("key", message, fixed_in_message)]
+        }
+        TunnelError::AuthRejected { .. } | TunnelError::NoCredentials { .. } => {
             vec![host_key_ok, Check::fail("authentication", message, fixed_in_message)]
         }
         TunnelError::EndpointUnreachable { ref forward, .. } => {
@@ -229,10 +231,18 @@ fn refused(spec: &TunnelSpec, user: &str, error: TunnelError) -> Vec<Check> {
     }
 }
 
+/// The summary's words for the first step that failed, true to what happened: a key that
+/// could not be loaded means no SSH session was tried, so the bastion "refused" nothing.
 fn first_problem(checks: &[Check]) -> String {
-    checks
-        .iter()
-        .find(|c| c.severity >= crate::Severity::Warn)
-        .map(|c| format!("{} refused", c.name))
-        .unwrap_or_default()
+    let Some(check) = checks.iter().find(|c| c.severity >= crate::Severity::Warn) else {
+        return String::new();
+    };
+    match check.name.as_str() {
+        "key" => "no SSH session tried: the key cannot be used (see SSH key)".to_string(),
+        "host key" => "host key not accepted".to_string(),
+        "authentication" => "authentication refused".to_string(),
+        "local listener" => "a local port cannot be bound".to_string(),
+        "ssh" => "the SSH session failed".to_string(),
+        endpoint => format!("{endpoint} not reachable from the bastion"),
+    }
 }

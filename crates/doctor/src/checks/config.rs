@@ -1,6 +1,7 @@
 //! Configuration: `.env` found, required values present and valid (the
-//! configuration crate's own validation), its warnings (the `localhost` and
-//! Docker-only host traps), and `.env` ignored by git and not tracked.
+//! configuration crate's own validation), no value left at `.env.example`'s
+//! placeholder, its warnings (the `localhost` and Docker-only host traps), and
+//! `.env` ignored by git and not tracked.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,15 +17,23 @@ pub(crate) async fn check(env: &Env<'_>, config: &Result<Config, ConfigError>) -
     let summary = match config {
         Ok(config) => {
             checks.extend(required(env, config));
+            let placeholders = placeholders(env, config);
+            let names: Vec<String> = placeholders.iter().map(|c| c.name.clone()).collect();
+            checks.extend(placeholders);
             checks.extend(config.warnings.iter().map(|finding| {
                 let fix = "see the message; `cargo xtask env` shows every value and its source";
                 Check::warn(finding.var.clone(), finding.to_string(), fix)
             }));
             let files: Vec<String> = config.files.iter().map(|p| env.show(p)).collect();
-            if files.is_empty() {
+            let read = if files.is_empty() {
                 "no env file read; values from the shell".to_string()
             } else {
                 format!("{} read", files.join(", "))
+            };
+            if names.is_empty() {
+                read
+            } else {
+                format!("{read}; still .env.example's placeholder: {}", names.join(", "))
             }
         }
         Err(error) => {
@@ -85,6 +94,63 @@ fn required(env: &Env<'_>, config: &Config) -> Vec<Check> {
         checks.push(Check::ok("required values", found.join(", ")));
     }
     checks
+}
+
+/// The variables whose `.env.example` value stands for the user's own infrastructure, what
+/// to put there instead, and whether leaving the example's value blocks the workflow. The
+/// values themselves are read from `.env.example` at run time, so the two stay in step.
+const PLACEHOLDERS: &[(&str, &str, bool)] = &[
+    ("BASTION_HOST_IP", "set your bastion's address (or its ~/.ssh/config Host alias)", true),
+    ("ELASTICACHE_ENDPOINT", "set your cache's endpoint (the ElastiCache console shows it)", true),
+    ("BASTION_KEY_FILE", "set the private key your bastion accepts", false),
+    ("RDS_ENDPOINT", "set your database's endpoint, or remove the line", false),
+    ("TUNNEL_EXTRA_FORWARDS", "set your own forwards, or remove the line", false),
+];
+
+/// Values still equal to `.env.example`'s placeholders: copied but never edited, they send
+/// the tunnel to an address that is not the user's.
+fn placeholders(env: &Env<'_>, config: &Config) -> Vec<Check> {
+    if env.options.sandbox {
+        return Vec::new();
+    }
+    let example = env.root.join(".env.example");
+    let Ok(text) = std::fs::read_to_string(&example) else { return Vec::new() };
+    let examples = example_values(&text);
+    let mut checks = Vec::new();
+    for &(var, what, blocks) in PLACEHOLDERS {
+        let (Some(example_value), true) = (examples.get(var), config.is_set(var)) else {
+            continue;
+        };
+        let Some(value) = config.get(var).map(str::trim) else { continue };
+        if value != *example_value {
+            continue;
+        }
+        // A key may really be named as in the example: only a missing one is the placeholder.
+        let key_exists =
+            config.bastion.as_ref().and_then(|b| b.key_file.as_ref()).is_some_and(|k| k.is_file());
+        if var == "BASTION_KEY_FILE" && key_exists {
+            continue;
+        }
+        let blocks = blocks && (var != "BASTION_HOST_IP" || !tunnel_turned_off(config));
+        let message = format!("{var}={value} is still the example's placeholder: {what}");
+        let fix = format!("edit {var} where it is set (`cargo xtask env` shows where)");
+        checks.push(Check::problem(blocks, var, message, fix));
+    }
+    checks
+}
+
+/// `NAME=value` of `.env.example`, commented-out examples (`# NAME=value`) included.
+fn example_values(text: &str) -> std::collections::BTreeMap<&str, &str> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let line = line.strip_prefix('#').map_or(line, str::trim_start);
+            let (name, value) = line.split_once('=')?;
+            let is_name = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            (is_name && !value.trim().is_empty()).then(|| (name, value.trim()))
+        })
+        .collect()
 }
 
 fn missing(var: &str, needed_for: &str, example: &str) -> Check {

@@ -152,8 +152,9 @@ pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
                 message: "is not UTF-8 text: save the file as UTF-8".into(),
             })
         })?;
-        let entries = dotenv::parse(shown, &text).map_err(ConfigError::Syntax)?;
-        let layer = entries.into_iter().map(|e| {
+        let parsed = dotenv::parse(shown, &text).map_err(ConfigError::Syntax)?;
+        warnings.extend(parsed.warnings);
+        let layer = parsed.entries.into_iter().map(|e| {
             let origin = Origin::File { path: shown.clone(), line: e.line };
             (e.key, e.value, origin)
         });

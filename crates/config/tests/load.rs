@@ -176,7 +176,7 @@ fn fail_syntax_errors_name_file_and_line() {
     assert!(matches!(load(&options), Err(ConfigError::Syntax(_))));
     assert_eq!(
         error_text(&options),
-        ".env:2: unbalanced quote: the ' opened here is never closed; close it on the same \
+        ".env:2: REDIS_PASSWORD: unbalanced quote: the ' opened here is never closed; close it on the same \
          line, or escape it as \\'"
     );
 }

@@ -222,11 +222,16 @@ fn merge_layer(
         let name = vars::lookup(&key).map_or(key.clone(), |spec| spec.name.to_string());
         if vars::lookup(&key).is_none() && !matches!(origin, Origin::Shell) {
             if let Some(suggestion) = vars::did_you_mean(&key) {
+                let case = if key.chars().any(|c| c.is_ascii_lowercase()) {
+                    " (names are case-sensitive)"
+                } else {
+                    ""
+                };
                 warnings.push(Finding {
                     origin: origin.clone(),
                     var: key.clone(),
                     message: format!(
-                        "{key} is not a variable this tool reads; did you mean {suggestion}?"
+                        "{key} is not a variable this tool reads; did you mean {suggestion}{case}?"
                     ),
                 });
             }

@@ -92,27 +92,40 @@ pub fn lookup(name: &str) -> Option<&'static VarSpec> {
     VARS.iter().find(|v| v.name == name || v.aliases.contains(&name))
 }
 
-/// Whether an undocumented variable looks like a secret by its name.
+/// Whether a variable holds a secret: a documented one by its spec; another when
+/// its name is a near miss of a secret's (`REDIS_PASWORD`, `redis_password`) or
+/// contains PASSWORD, SECRET, TOKEN, PASSPHRASE, AUTH or KEY (not a key's file or
+/// path, `*_KEY_FILE`, `*_PATH`).
 pub fn looks_secret(name: &str) -> bool {
     if let Some(spec) = lookup(name) {
         return spec.secret;
     }
+    if did_you_mean(name).and_then(lookup).is_some_and(|spec| spec.secret) {
+        return true;
+    }
     let upper = name.to_ascii_uppercase();
-    ["PASSWORD", "PASSWD", "SECRET", "TOKEN", "PASSPHRASE", "PRIVATE_KEY", "API_KEY", "AUTH"]
-        .iter()
-        .any(|word| upper.contains(word))
+    let words = ["PASSWORD", "PASSWD", "SECRET", "TOKEN", "PASSPHRASE", "AUTH"];
+    let a_key_file = ["KEY_FILE", "KEY_PATH"].iter().any(|w| upper.contains(w))
+        || upper.ends_with("_FILE")
+        || upper.ends_with("_PATH");
+    words.iter().any(|word| upper.contains(word)) || (upper.contains("KEY") && !a_key_file)
 }
 
-/// The documented name an unknown one was probably meant to be.
+/// The documented name an unknown one was probably meant to be: the same name in
+/// other letter case, or a near miss.
 pub fn did_you_mean(name: &str) -> Option<&'static str> {
     if lookup(name).is_some() {
         return None;
     }
+    let upper = name.to_ascii_uppercase();
+    if let Some(spec) = lookup(&upper) {
+        return Some(spec.name);
+    }
     let mut best: Option<(&'static str, f64)> = None;
     for spec in VARS {
         for candidate in std::iter::once(&spec.name).chain(spec.aliases) {
-            let score = strsim::normalized_damerau_levenshtein(name, candidate);
-            let prefix = name.len() >= 8 && candidate.starts_with(name);
+            let score = strsim::normalized_damerau_levenshtein(&upper, candidate);
+            let prefix = upper.len() >= 8 && candidate.starts_with(&upper);
             let score = if prefix { score.max(0.9) } else { score };
             if score >= 0.85 && best.is_none_or(|(_, s)| score > s) {
                 best = Some((spec.name, score));
@@ -134,6 +147,34 @@ mod tests {
         assert_eq!(did_you_mean("REDIS_ADDR"), None);
         assert_eq!(did_you_mean("DATABASE_HOST"), None);
         assert_eq!(did_you_mean("BASTION_PORT"), None);
+    }
+
+    #[test]
+    fn names_in_the_wrong_case_get_a_suggestion() {
+        assert_eq!(did_you_mean("redis_password"), Some("REDIS_PASSWORD"));
+        assert_eq!(did_you_mean("Bastion_Host_IP"), Some("BASTION_HOST_IP"));
+        assert_eq!(did_you_mean("nat_instance_ip"), Some("BASTION_HOST_IP"));
+        assert_eq!(did_you_mean("Redis_Pasword"), Some("REDIS_PASSWORD"));
+        assert_eq!(did_you_mean("redis_addr"), None);
+    }
+
+    #[test]
+    fn unknown_names_that_look_secret_are_secret() {
+        for name in [
+            "REDIS_PASWORD",
+            "redis_password",
+            "BASTION_KEY_PASPHRASE",
+            "STRIPE_SECRET",
+            "SENTRY_KEY",
+            "OPENAI_API_KEY",
+            "GH_TOKEN",
+            "SMTP_PASSPHRASE",
+        ] {
+            assert!(looks_secret(name), "{name}");
+        }
+        for name in ["TLS_KEY_FILE", "DEPLOY_KEY_PATH", "SIGNING_KEY_FILE", "REDIS_ADDR"] {
+            assert!(!looks_secret(name), "{name}");
+        }
     }
 
     #[test]

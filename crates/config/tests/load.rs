@@ -223,6 +223,45 @@ fn near_miss_names_get_did_you_mean() {
 }
 
 #[test]
+fn names_in_the_wrong_case_warn_with_did_you_mean() {
+    let (_dir, options) =
+        workspace(&[(".env", "redis_password=y\nBastion_Host_IP=10.0.0.1\nREDIS_PASWORD=z\n")]);
+    let warnings: Vec<String> =
+        load(&options).unwrap().warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            ".env:1: redis_password is not a variable this tool reads; did you mean \
+             REDIS_PASSWORD (names are case-sensitive)?",
+            ".env:2: Bastion_Host_IP is not a variable this tool reads; did you mean \
+             BASTION_HOST_IP (names are case-sensitive)?",
+            ".env:3: REDIS_PASWORD is not a variable this tool reads; did you mean \
+             REDIS_PASSWORD?",
+        ]
+    );
+}
+
+#[test]
+fn unknown_variables_that_look_secret_are_masked() {
+    let (_dir, options) = workspace(&[(
+        ".env",
+        "REDIS_PASWORD=x9a\nredis_password=x9b\nSENTRY_KEY=x9c\nTLS_KEY_FILE=/tmp/k.pem\n",
+    )]);
+    let config = load(&options).unwrap();
+    let rows = config.rows();
+    let shown = |name: &str| {
+        let row = rows.iter().find(|r| r.name == name).unwrap();
+        (row.value.clone().unwrap(), row.secret)
+    };
+    assert_eq!(shown("REDIS_PASWORD"), ("***".to_string(), true));
+    assert_eq!(shown("redis_password"), ("***".to_string(), true));
+    assert_eq!(shown("SENTRY_KEY"), ("***".to_string(), true));
+    assert_eq!(shown("TLS_KEY_FILE"), ("/tmp/k.pem".to_string(), false));
+    let json = serde_json::to_string(&rows).unwrap() + &format!("{config:?}");
+    assert!(!json.contains("x9"), "{json}");
+}
+
+#[test]
 fn secrets_are_redacted_in_rows_and_debug() {
     let (_dir, options) = workspace(&[(
         ".env",

@@ -20,6 +20,8 @@ use tokio::sync::{mpsc, watch};
 
 /// The stand-in services' manifest, written into the sandbox directory.
 const SANDBOX_MANIFEST: &str = include_str!("../sandbox-services.toml");
+/// Where [`SANDBOX_MANIFEST`] lives in the workspace, to name it in messages.
+const SANDBOX_MANIFEST_SOURCE: &str = "xtask/sandbox-services.toml";
 
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
@@ -67,6 +69,7 @@ async fn dev(args: DevArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
+    check_manifest_args(&args, ctx)?;
     if !args.sandbox {
         return pipeline(&args, ctx, None).await;
     }
@@ -86,6 +89,74 @@ async fn dev(args: DevArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let code = result?;
     down?;
     Ok(code)
+}
+
+/// `--manifest` and `--only`, checked before anything starts (the sandbox, the tunnel): the
+/// manifest given must be readable and every `--only` service in it. Errors name the manifest
+/// the user gave, or the default one (the sandbox's as it is in the workspace).
+fn check_manifest_args(args: &DevArgs, ctx: &Context) -> anyhow::Result<()> {
+    let read = |path: PathBuf| match std::fs::read_to_string(&path) {
+        Ok(text) => Ok((path, text)),
+        Err(source) => Err(mesh_supervisor::ManifestError::Read { path, source }),
+    };
+    let (path, text) = match (&args.manifest, args.sandbox) {
+        (Some(path), _) => read(ctx.cwd.join(path))?,
+        (None, _) if args.only.is_empty() => return Ok(()),
+        (None, true) => (ctx.root.join(SANDBOX_MANIFEST_SOURCE), SANDBOX_MANIFEST.to_string()),
+        (None, false) => read(ctx.root.join(mesh_supervisor::DEFAULT_MANIFEST_FILE))?,
+    };
+    if args.only.is_empty() {
+        return Ok(());
+    }
+    // Names only: the `${VAR}`s are filled once the configuration (the sandbox's) is known.
+    let table: BTreeMap<String, toml::Value> = match toml::from_str(&text) {
+        Ok(table) => table,
+        Err(_) => {
+            // The supervisor's own parser says what is wrong, and where, in its words.
+            Manifest::parse(&text, &path, &BTreeMap::new())?;
+            return Ok(());
+        }
+    };
+    let mut known: Vec<String> = table
+        .get("services")
+        .and_then(toml::Value::as_table)
+        .map(|services| services.keys().cloned().collect())
+        .unwrap_or_default();
+    known.sort();
+    match args.only.iter().find(|name| !known.contains(name)) {
+        None => Ok(()),
+        Some(name) => Err(mesh_supervisor::ManifestError::UnknownService {
+            path,
+            name: name.clone(),
+            suggestion: closest(name, &known),
+            known,
+        }
+        .into()),
+    }
+}
+
+/// The known name within two edits of `name`, if one is.
+fn closest(name: &str, known: &[String]) -> Option<String> {
+    let distance = |a: &str, b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut previous = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let substitution = previous + usize::from(ca != *cb);
+                previous = row[j + 1];
+                row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
+            }
+        }
+        row[b.len()]
+    };
+    known
+        .iter()
+        .map(|k| (distance(name, k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| k.clone())
 }
 
 /// Everything after the sandbox (if any) is up; the tunnel this starts is

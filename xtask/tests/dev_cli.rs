@@ -155,6 +155,64 @@ fn sandbox_down_stops_the_tunnel_started_by_hand_through_it() {
 }
 
 #[test]
+fn fail_dev_sandbox_checks_only_and_manifest_before_starting_the_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev_sandbox = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .current_dir(dir.path())
+            .args(["dev", "--sandbox"])
+            .args(args)
+            .env("TMPDIR", dir.path())
+            .env("XTASK_STATE_DIR", dir.path().join("state"))
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let sandboxes = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("mesh-sandbox-"))
+            .count()
+    };
+    let builtin = concat!(env!("CARGO_MANIFEST_DIR"), "/sandbox-services.toml");
+    let builtin = std::path::Path::new(builtin).canonicalize().unwrap();
+
+    let out = dev_sandbox(&["--only", "rest-apj"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "error: no service `rest-apj` in {} (did you mean `rest-api`?); the services are: \
+             mcp-server, rest-api, worker\n",
+            builtin.display()
+        )
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("sandbox:"));
+    assert_eq!(sandboxes(), 0, "no sandbox may start for a bad --only");
+
+    let out = dev_sandbox(&["--manifest", "/nonexistent.toml", "--only", "api"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: could not read the service manifest /nonexistent.toml: No such file or directory \
+         (os error 2); check the path (the default is `services.toml` at the workspace root)\n"
+    );
+    assert_eq!(sandboxes(), 0, "no sandbox may start for a missing --manifest");
+
+    let manifest = dir.path().join("mine.toml");
+    std::fs::write(&manifest, "[services.api]\ncommand = [\"${XTASK_EXE}\", \"__standin\"]\n")
+        .unwrap();
+    let out = dev_sandbox(&["--manifest", "mine.toml", "--only", "worker"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("error: no service `worker` in {}; the services are: api\n", manifest.display())
+    );
+    assert_eq!(sandboxes(), 0);
+}
+
+#[test]
 fn fail_dev_without_any_configuration_points_to_env_example() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("empty.env"), "# nothing yet\n").unwrap();

@@ -363,29 +363,37 @@ impl Reader<'_> {
     }
 
     fn forwards(&mut self, redis: Option<&Redis>) -> Vec<Forward> {
-        let mut forwards = Vec::new();
+        // Each forward with the variable its local port came from, to name it in errors.
+        let mut forwards: Vec<(Forward, Origin, String)> = Vec::new();
+        let source = |r: &Self, name: &str| {
+            r.raw(name).map_or((Origin::Default, name.to_string()), |(_, origin, w)| (origin, w))
+        };
         if let Some(redis) = redis {
-            forwards.push(Forward {
+            let forward = Forward {
                 name: "redis".into(),
                 local_port: redis.local_port,
                 remote_host: redis.host.clone(),
                 remote_port: redis.port,
-            });
+            };
+            let (origin, written) = source(self, "REDIS_TUNNEL_PORT");
+            forwards.push((forward, origin, written));
         }
         let rds = self.endpoint("RDS_ENDPOINT", 5432, "mydb.abc123.us-east-1.rds.amazonaws.com");
         let rds_port = self.port("RDS_TUNNEL_PORT").unwrap_or(5432);
         if let Some((host, port, _)) = rds {
-            forwards.push(Forward {
+            let forward = Forward {
                 name: "postgres".into(),
                 local_port: rds_port,
                 remote_host: host,
                 remote_port: port,
-            });
+            };
+            let (origin, written) = source(self, "RDS_TUNNEL_PORT");
+            forwards.push((forward, origin, written));
         }
         if let Some((raw, origin, written)) = self.raw("TUNNEL_EXTRA_FORWARDS") {
             for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 match parse_extra_forward(item) {
-                    Ok(forward) => forwards.push(forward),
+                    Ok(forward) => forwards.push((forward, origin.clone(), written.clone())),
                     Err(why) => self.error(
                         origin.clone(),
                         &written,
@@ -395,17 +403,24 @@ impl Reader<'_> {
             }
         }
         self.check_distinct_ports(&forwards);
-        forwards
+        forwards.into_iter().map(|(forward, _, _)| forward).collect()
     }
 
-    fn check_distinct_ports(&mut self, forwards: &[Forward]) {
-        for (i, a) in forwards.iter().enumerate() {
-            if let Some(b) = forwards[..i].iter().find(|b| b.local_port == a.local_port) {
+    /// Two forwards on one local port: an error naming where each port was set.
+    fn check_distinct_ports(&mut self, forwards: &[(Forward, Origin, String)]) {
+        for (i, (a, a_origin, a_var)) in forwards.iter().enumerate() {
+            let earlier = forwards[..i].iter().find(|(b, _, _)| b.local_port == a.local_port);
+            if let Some((b, b_origin, b_var)) = earlier {
                 let message = format!(
-                    "forwards `{}` and `{}` both use local port {}: give each its own port",
-                    b.name, a.name, a.local_port
+                    "forwards `{}` ({}) and `{}` ({}) both use local port {}: give each its own \
+                     port",
+                    b.name,
+                    port_source(b_var, b_origin),
+                    a.name,
+                    port_source(a_var, a_origin),
+                    a.local_port
                 );
-                self.error(Origin::Default, "TUNNEL_EXTRA_FORWARDS", message);
+                self.error(a_origin.clone(), a_var, message);
             }
         }
     }
@@ -441,6 +456,17 @@ impl Reader<'_> {
             );
             self.warn(origin, &written, message);
         }
+    }
+}
+
+/// Where a variable's value came from, for a person: `--set NAME`, `NAME at .env:3`.
+fn port_source(var: &str, origin: &Origin) -> String {
+    match origin {
+        Origin::Flag => format!("--set {var}"),
+        Origin::Sandbox => format!("{var} of the sandbox"),
+        Origin::Shell => format!("{var} in the shell"),
+        Origin::File { .. } => format!("{var} at {origin}"),
+        Origin::Default => format!("the default of {var}"),
     }
 }
 

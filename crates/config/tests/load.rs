@@ -136,6 +136,41 @@ fn endpoint_scheme_and_port_are_normalized() {
 }
 
 #[test]
+fn fail_duplicate_local_port_names_where_each_port_was_set() {
+    let (_dir, mut options) = workspace(&[(
+        ".env",
+        "ELASTICACHE_ENDPOINT=c.example\nRDS_ENDPOINT=db.example\n\
+         TUNNEL_EXTRA_FORWARDS=6379:reader.example:6380\n",
+    )]);
+    options.flags.push(("RDS_TUNNEL_PORT".into(), "41517".into()));
+    options.shell.push(("REDIS_TUNNEL_PORT".into(), "41517".into()));
+    assert_eq!(
+        error_text(&options),
+        "flag: forwards `redis` (REDIS_TUNNEL_PORT in the shell) and `postgres` (--set \
+         RDS_TUNNEL_PORT) both use local port 41517: give each its own port"
+    );
+    options.shell.clear();
+    options.flags = vec![("TUNNEL_EXTRA_FORWARDS".into(), "5432:x.example:1".into())];
+    assert_eq!(
+        error_text(&options),
+        "flag: forwards `postgres` (the default of RDS_TUNNEL_PORT) and `extra-5432` (--set \
+         TUNNEL_EXTRA_FORWARDS) both use local port 5432: give each its own port"
+    );
+    options.flags.clear();
+    std::fs::write(
+        options.root.join(".env.local"),
+        "# the reader\nTUNNEL_EXTRA_FORWARDS=6379:reader.example:6380\n",
+    )
+    .unwrap();
+    assert_eq!(
+        error_text(&options),
+        ".env.local:2: forwards `redis` (the default of REDIS_TUNNEL_PORT) and `extra-6379` \
+         (TUNNEL_EXTRA_FORWARDS at .env.local:2) both use local port 6379: give each its own \
+         port"
+    );
+}
+
+#[test]
 fn crlf_and_bom_files_read_correctly() {
     let (_dir, options) = workspace(&[(
         ".env",

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use mesh_config::Config;
 use mesh_tunnel::control::{
-    self, ControlError, DetachRequest, Reply, Request, ServiceSpec, SharedTunnel, StateDir,
-    StateRoot, StatusReply, StopOutcome, StopVia, TunnelId, TunnelRecord,
+    self, ControlError, DetachRequest, Reply, Request, ServiceSpec, SharedTunnel, SignalReason,
+    StateDir, StateRoot, StatusReply, StopOutcome, StopVia, TunnelId, TunnelOwner, TunnelRecord,
 };
 use serde_json::json;
 
@@ -33,7 +33,7 @@ pub enum TunnelCmd {
     Start(StartArgs),
     /// Stop the tunnel of this configuration (every tunnel with --all).
     Stop(StopArgs),
-    /// Stop the tunnel of this configuration, then start it again.
+    /// Stop the tunnel of this configuration, then start it again, detached if it was.
     Restart(StartArgs),
     /// Show every running tunnel: state, forwards, bytes, connections, errors.
     #[command(after_help = STATUS_EXIT_CODES)]
@@ -67,7 +67,7 @@ pub struct StartArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct StopArgs {
-    /// Stop every running tunnel, whatever its configuration.
+    /// Stop every running tunnel, whatever its configuration (not those `dev` runs).
     #[arg(long)]
     all: bool,
 }
@@ -89,8 +89,10 @@ pub fn run(cmd: TunnelCmd, ctx: &Context) -> anyhow::Result<ExitCode> {
         TunnelCmd::Serve(args) => run_foreground(&args, ctx, true),
         TunnelCmd::Stop(args) => stop(&args, ctx),
         TunnelCmd::Restart(args) => {
+            // Like `systemctl restart`: a detached tunnel comes back detached.
+            let detach = args.detach || was_detached(ctx);
             stop(&StopArgs { all: false }, ctx)?;
-            if args.detach {
+            if detach {
                 start_detached(&args, ctx)
             } else {
                 run_foreground(&args, ctx, false)
@@ -101,6 +103,11 @@ pub fn run(cmd: TunnelCmd, ctx: &Context) -> anyhow::Result<ExitCode> {
         TunnelCmd::Install => install(ctx),
         TunnelCmd::Uninstall => uninstall(ctx),
     }
+}
+
+/// True when this configuration's tunnel runs and was started detached.
+fn was_detached(ctx: &Context) -> bool {
+    setup(ctx).ok().and_then(|setup| setup.state.running_record()).is_some_and(|r| r.detached)
 }
 
 /// The loaded configuration and where its tunnel keeps its state.
@@ -134,7 +141,13 @@ pub(crate) fn stop_configured_by(env_file: &Path, ctx: &Context) -> anyhow::Resu
     let id = TunnelId::new(&bastion.host, bastion.port, &bastion.user, &config.forwards);
     let state = StateRoot::from_config(&config).tunnel(&id);
     let exes: Vec<PathBuf> = std::env::current_exe().into_iter().collect();
-    let outcome = runtime()?.block_on(control::stop(&state, &exes, STOP_GRACE))?;
+    let outcome = match runtime()?.block_on(control::stop(&state, &exes, STOP_GRACE)) {
+        Err(e @ ControlError::OwnedByDev { .. }) => {
+            ctx.out.say(&e.to_string());
+            return Ok(());
+        }
+        outcome => outcome?,
+    };
     if let StopOutcome::Stopped { pid, .. } = outcome {
         let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
         ctx.out.say(&format!("tunnel {id}{pid} through the sandbox stopped"));
@@ -209,6 +222,7 @@ pub(crate) fn spec(
     spec.bind_addrs = bind_addrs;
     spec.keepalive_interval = config.tunnel.keepalive_interval;
     spec.keepalive_count = config.tunnel.keepalive_count;
+    spec.connect_timeout = config.tunnel.connect_timeout;
     if let Some(home) = config.shell_var("HOME") {
         spec.ssh_config = Some(Path::new(home).join(".ssh/config"));
     }
@@ -231,13 +245,7 @@ fn run_foreground(
     }
     let lock = match state.lock() {
         Ok(lock) => lock,
-        Err(ControlError::AlreadyRunning { id, pid }) => {
-            let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-            ctx.out.say(&format!(
-                "tunnel {id} is already running{pid}: `cargo xtask tunnel status` shows it"
-            ));
-            return Ok(ExitCode::SUCCESS);
-        }
+        Err(ControlError::AlreadyRunning { .. }) => return already_running(ctx, &state),
         Err(e) => return Err(e.into()),
     };
 
@@ -256,7 +264,9 @@ fn run_foreground(
                 return Ok(ExitCode::SUCCESS);
             }
         };
-        let (shared, guard, record) = serve(tunnel, &config, &state, &spec, lock).await?;
+        let (shared, guard, record) =
+            serve_as(TunnelOwner::Tunnel, detached_child, tunnel, &config, &state, &spec, lock)
+                .await?;
         tracing::info!(id = %state.id, pid = record.pid, "tunnel up, every forward verified");
         if !detached_child {
             say_up(ctx, &state, &record);
@@ -274,9 +284,24 @@ fn run_foreground(
     })
 }
 
-/// Serves a started tunnel on its control socket (status, health with the
-/// configured Redis AUTH, stop), so `tunnel status` sees it wherever it runs.
+/// Serves a tunnel `dev` runs in its own process on the control socket, so
+/// `tunnel status` sees it; recorded as `dev`'s, so `tunnel stop` leaves it to
+/// `dev` (a stop would leave `dev` running without it).
 pub(crate) async fn serve(
+    tunnel: mesh_tunnel::Tunnel,
+    config: &Config,
+    state: &StateDir,
+    spec: &mesh_tunnel::TunnelSpec,
+    lock: control::PidLock,
+) -> anyhow::Result<(Arc<SharedTunnel>, control::ControlGuard, TunnelRecord)> {
+    serve_as(TunnelOwner::Dev, false, tunnel, config, state, spec, lock).await
+}
+
+/// Serves a started tunnel on its control socket (status, health with the
+/// configured Redis AUTH, stop), recording who runs it and whether detached.
+async fn serve_as(
+    owner: TunnelOwner,
+    detached: bool,
     tunnel: mesh_tunnel::Tunnel,
     config: &Config,
     state: &StateDir,
@@ -288,7 +313,7 @@ pub(crate) async fn serve(
         None => (None, None),
     };
     let shared = Arc::new(SharedTunnel::new(tunnel).with_redis_auth(user, password));
-    let record = TunnelRecord::new(state, spec);
+    let record = TunnelRecord { owner, detached, ..TunnelRecord::new(state, spec) };
     let guard = control::serve_control(shared.clone(), lock, record.clone()).await?;
     Ok((shared, guard, record))
 }
@@ -341,12 +366,7 @@ fn start_detached(args: &StartArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     bind_addrs(&config, args, ctx)?;
     let rt = runtime()?;
     if state.is_locked()? {
-        let pid = state.read_pid()?.map(|p| format!(" (pid {p})")).unwrap_or_default();
-        ctx.out.say(&format!(
-            "tunnel {} is already running{pid}: `cargo xtask tunnel status` shows it",
-            state.id
-        ));
-        return Ok(ExitCode::SUCCESS);
+        return already_running(ctx, &state);
     }
 
     let bastion = config.require_bastion()?;
@@ -355,11 +375,47 @@ fn start_detached(args: &StartArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let request = detach_request(args, ctx, passphrase)?;
     let reply = rt.block_on(control::start_detached(&state, request))?;
     if ctx.out.json {
-        ctx.out.json(&reply)?;
+        ctx.out.json(&start_json(&reply, false))?;
     } else {
         say_up(ctx, &state, &reply.config);
         ctx.out.say(&ctx.out.paint(DIM, &format!("log: {}", state.log_file.display())));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `start --json` prints: the status reply with the state on top and
+/// whether the tunnel already ran.
+fn start_json(reply: &StatusReply, already_running: bool) -> serde_json::Value {
+    let mut value = serde_json::to_value(reply).expect("a status reply always serializes");
+    value["state"] = json!(reply.state().unwrap_or("unknown"));
+    value["already_running"] = json!(already_running);
+    value
+}
+
+/// `start` when this configuration's tunnel already runs: say so (exit 0), in
+/// `--json` with the same fields a start prints.
+fn already_running(ctx: &Context, state: &StateDir) -> anyhow::Result<ExitCode> {
+    let pid = state.read_pid().ok().flatten();
+    if ctx.out.json {
+        let reply = runtime()?.block_on(control::request(
+            &state.socket,
+            Request::Status,
+            Duration::from_secs(3),
+        ));
+        let value = match reply {
+            Ok(Reply::Status(status)) => start_json(&status, true),
+            // Locked but not answering yet: a start still verifying its forwards.
+            _ => json!({ "id": state.id.as_str(), "pid": pid, "state": "starting",
+                         "already_running": true }),
+        };
+        ctx.out.json(&value)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+    ctx.out.say(&format!(
+        "tunnel {} is already running{pid}: `cargo xtask tunnel status` shows it",
+        state.id
+    ));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -412,8 +468,16 @@ fn stop(args: &StopArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let exes: Vec<PathBuf> = std::env::current_exe().into_iter().collect();
     let mut stopped = Vec::new();
+    let mut skipped = Vec::new();
     for state in &states {
-        let outcome = rt.block_on(control::stop(state, &exes, STOP_GRACE))?;
+        let outcome = match rt.block_on(control::stop(state, &exes, STOP_GRACE)) {
+            Err(e @ ControlError::OwnedByDev { .. }) if args.all => {
+                ctx.out.say(&e.to_string());
+                skipped.push(state.id.to_string());
+                continue;
+            }
+            outcome => outcome?,
+        };
         match &outcome {
             StopOutcome::NotRunning { cleaned } if cleaned.is_empty() => {
                 if !args.all {
@@ -432,7 +496,15 @@ fn stop(args: &StopArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
                 let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
                 let how = match via {
                     StopVia::ControlSocket => "",
-                    StopVia::Sigterm => " with SIGTERM (its control socket did not answer)",
+                    StopVia::Sigterm(SignalReason::NoAnswer) => {
+                        " with SIGTERM (its control socket did not answer)"
+                    }
+                    StopVia::Sigterm(SignalReason::NotExited) => {
+                        " with SIGTERM (it answered the stop but had not exited)"
+                    }
+                    StopVia::Sigterm(SignalReason::UnexpectedReply) => {
+                        " with SIGTERM (its control socket answered the stop unexpectedly)"
+                    }
                     StopVia::Sigkill => " with SIGKILL (it ignored SIGTERM)",
                 };
                 ctx.out.say(&format!("tunnel {}{pid} stopped{how}", state.id));
@@ -440,11 +512,11 @@ fn stop(args: &StopArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if args.all && stopped.is_empty() {
+    if args.all && stopped.is_empty() && skipped.is_empty() {
         ctx.out.say("no tunnel was running");
     }
     if ctx.out.json {
-        ctx.out.json(&json!({ "stopped": stopped }))?;
+        ctx.out.json(&json!({ "stopped": stopped, "skipped": skipped }))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -456,6 +528,10 @@ struct TunnelReport {
     /// `up`, `reconnecting`, `starting`, `degraded`, `unknown`.
     state: String,
     pid: Option<u32>,
+    /// The command running it (`tunnel` or `dev`), when its record says.
+    owner: Option<TunnelOwner>,
+    /// Started with `tunnel start --detach`.
+    detached: Option<bool>,
     status: Option<StatusReply>,
     health: Option<control::HealthReply>,
     error: Option<String>,
@@ -519,6 +595,8 @@ async fn ask(state: &StateDir) -> Option<TunnelReport> {
         id: state.id.to_string(),
         state: "unknown".into(),
         pid: None,
+        owner: None,
+        detached: None,
         status: None,
         health: None,
         error: None,
@@ -540,12 +618,17 @@ async fn ask(state: &StateDir) -> Option<TunnelReport> {
         }
     }
     report.pid = state.read_pid().ok().flatten();
+    if let Some(record) = state.running_record() {
+        (report.owner, report.detached) = (Some(record.owner), Some(record.detached));
+    }
 
     let timeout = Duration::from_secs(3);
     match control::request(&state.socket, Request::Status, timeout).await {
         Ok(Reply::Status(status)) => {
             report.state = status.state().unwrap_or("unknown").to_owned();
             report.pid = Some(status.pid);
+            report.owner = Some(status.config.owner);
+            report.detached = Some(status.config.detached);
             report.status = Some(status);
         }
         Ok(other) => report.error = Some(format!("unexpected reply {other:?}")),
@@ -587,8 +670,14 @@ fn print_status(ctx: &Context, reports: &[TunnelReport]) {
         }
         let style = if report.state == "up" { BOLD } else { WARN };
         let pid = report.pid.map(|p| format!("pid {p}")).unwrap_or_default();
+        let owner = match (report.owner, report.detached) {
+            (Some(TunnelOwner::Dev), _) => ", run by `cargo xtask dev`",
+            (Some(TunnelOwner::Tunnel), Some(true)) => ", detached",
+            (Some(TunnelOwner::Tunnel), _) => ", foreground",
+            (None, _) => "",
+        };
         ctx.out.say(&format!(
-            "{}  {}  {pid}",
+            "{}  {}  {pid}{owner}",
             ctx.out.paint(BOLD, &report.id),
             ctx.out.paint(style, &report.state)
         ));
@@ -691,6 +780,14 @@ fn human_duration(secs: u64) -> String {
 }
 
 fn logs(args: &LogsArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    if ctx.out.json {
+        return Err(UsageError(
+            "`tunnel logs` has no --json output: the log is plain text, one line per event; \
+             run it without --json"
+                .into(),
+        )
+        .into());
+    }
     let state = match setup(ctx) {
         Ok(setup) => setup.state,
         Err(err) => {
@@ -749,7 +846,10 @@ fn service_file(ctx: &Context) -> anyhow::Result<ServiceFile> {
         env.push(("XTASK_STATE_DIR".into(), root.dir.display().to_string()));
     }
     if !ctx.global.set.is_empty() {
-        ctx.out.warn("--set values are not written into the service; put them in .env.local");
+        ctx.out.warn(&format!(
+            "--set values are not written into the service; put them in {}",
+            service_env_file(ctx).display()
+        ));
     }
     let spec = ServiceSpec {
         command,
@@ -783,6 +883,15 @@ fn service_file(ctx: &Context) -> anyhow::Result<ServiceFile> {
     }
 }
 
+/// The file the service reads that wins over the others: the last
+/// `--env-file` it is started with, else the workspace's `.env.local`.
+fn service_env_file(ctx: &Context) -> PathBuf {
+    match ctx.global.env_files.last() {
+        Some(file) => ctx.cwd.join(file),
+        None => ctx.root.join(".env.local"),
+    }
+}
+
 fn install(ctx: &Context) -> anyhow::Result<ExitCode> {
     let file = service_file(ctx)?;
     let dir = file.path.parent().expect("a service file has a directory");
@@ -791,10 +900,11 @@ fn install(ctx: &Context) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("write {}", file.path.display()))?;
     ctx.out.say(&format!("wrote {}", file.path.display()));
     ctx.out.say(&format!("start it now and at every login with:\n  {}", file.enable));
-    ctx.out.say(
+    ctx.out.say(&format!(
         "the service has no terminal: the key must be unencrypted, in ssh-agent, or its passphrase in \
-         BASTION_KEY_PASSPHRASE in .env.local",
-    );
+         BASTION_KEY_PASSPHRASE in {}",
+        service_env_file(ctx).display()
+    ));
     if ctx.out.json {
         ctx.out.json(&json!({ "path": file.path, "enable": file.enable }))?;
     }

@@ -66,8 +66,12 @@ impl Rig {
 
     /// The one tunnel state directory under the state root.
     fn tunnel_dir(&self) -> PathBuf {
-        let mut dirs: Vec<PathBuf> =
-            std::fs::read_dir(self.state.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        // `dev` keeps its service logs beside the tunnels, in `logs`.
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(self.state.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.ends_with("logs"))
+            .collect();
         assert_eq!(dirs.len(), 1, "one configuration, one directory: {dirs:?}");
         dirs.remove(0)
     }
@@ -331,6 +335,15 @@ fn install_writes_a_systemd_user_unit_and_uninstall_removes_it() {
     assert!(unit.contains(&format!("Environment=XTASK_STATE_DIR={}\n", rig.state.path().display())));
     assert!(!unit.contains("tunnel-test-pw"), "no secret in the unit");
     assert!(text(&out.stdout).contains("systemctl --user enable --now mesh-dev-tunnel.service"));
+    // The unit reads only its --env-file: the passphrase advice names that file.
+    assert!(
+        text(&out.stdout).ends_with(&format!(
+            "or its passphrase in BASTION_KEY_PASSPHRASE in {}\n",
+            rig.env_file.display()
+        )),
+        "{}",
+        text(&out.stdout)
+    );
 
     let out = rig.xtask(&["uninstall"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -644,4 +657,187 @@ fn fail_wait_0_is_refused_at_parse_time_with_the_range() {
         "error: invalid value '0' for '--wait <SECONDS>': 0 is out of range: use a whole number \
          from 1 to 3600\n\nFor more information, try '--help'.\n"
     );
+}
+
+/// The pid the running tunnel of `rig` wrote to its pid file.
+fn tunnel_pid(rig: &Rig) -> u32 {
+    std::fs::read_to_string(rig.tunnel_dir().join("tunnel.pid")).unwrap().trim().parse().unwrap()
+}
+
+/// Waits until Redis answers through the rig's forward, while `child` runs.
+fn wait_for_forward(rig: &Rig, child: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redis_ping(rig) != "PONG" {
+        assert!(Instant::now() < deadline, "the tunnel never came up");
+        assert!(child.try_wait().unwrap().is_none(), "the tunnel process exited early");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn stop_refuses_the_tunnel_dev_runs_and_never_signals_dev() {
+    let rig = Rig::start();
+    let manifest = rig.home.path().join("services.toml");
+    std::fs::write(&manifest, "[services.app]\ncommand = [\"sleep\", \"300\"]\ncwd = \".\"\n")
+        .unwrap();
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    dev.current_dir(rig.home.path())
+        .arg("--env-file")
+        .arg(&rig.env_file)
+        .args(["dev", "--skip-checks", "--manifest"])
+        .arg(&manifest)
+        .env_clear()
+        .env("HOME", rig.home.path())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    rig.state.apply(&mut dev);
+    let mut dev = dev.spawn().unwrap();
+    wait_for_forward(&rig, &mut dev);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !rig.tunnel_dir().join("control.sock").exists() {
+        assert!(Instant::now() < deadline, "dev never served the control socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refusal = format!(
+        "tunnel {} belongs to `cargo xtask dev` (pid {}): stop dev with Ctrl+C there",
+        rig.tunnel_dir().file_name().unwrap().to_str().unwrap(),
+        dev.id()
+    );
+
+    let started = Instant::now();
+    let out = rig.xtask(&["stop"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert_eq!(text(&out.stderr), format!("error: {refusal}\n"));
+    assert!(started.elapsed() < Duration::from_secs(5), "refused at once, not after a grace");
+
+    let out = rig.xtask(&["stop", "--all"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{refusal}\n"));
+
+    let out = rig.xtask(&["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["tunnels"][0]["owner"], "dev", "{json}");
+    assert_eq!(json["tunnels"][0]["status"]["config"]["owner"], "dev", "{json}");
+    let out = rig.xtask(&["status"]);
+    assert!(
+        text(&out.stdout).contains(&format!("  pid {}, run by `cargo xtask dev`\n", dev.id())),
+        "{}",
+        text(&out.stdout)
+    );
+
+    assert!(dev.try_wait().unwrap().is_none(), "dev still runs");
+    assert_eq!(redis_ping(&rig), "PONG", "and so does its tunnel");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dev.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert_eq!(dev.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn restart_of_a_detached_tunnel_without_the_flag_stays_detached() {
+    let rig = Rig::start();
+    let out = rig.xtask(&["start", "--detach"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = tunnel_pid(&rig);
+
+    // Foreground, `restart` would not return: run it with a deadline.
+    let mut restart =
+        rig.command(&["restart"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while restart.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            restart.kill().unwrap();
+            panic!("restart ran the tunnel in the foreground");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = restart.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(" up through "), "{}", text(&out.stdout));
+    let second = tunnel_pid(&rig);
+    assert_ne!(first, second);
+    assert!(!alive(first));
+    assert_eq!(redis_ping(&rig), "PONG");
+    let out = rig.xtask(&["status"]);
+    assert!(text(&out.stdout).contains(&format!("  pid {second}, detached\n")));
+}
+
+#[test]
+fn restart_keeps_a_foreground_tunnel_in_the_foreground_and_detach_forces_background() {
+    let rig = Rig::start();
+    let mut first =
+        rig.command(&["start"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_forward(&rig, &mut first);
+    let out = rig.xtask(&["status"]);
+    assert!(text(&out.stdout).contains(&format!("  pid {}, foreground\n", first.id())));
+
+    let mut second =
+        rig.command(&["restart"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).ends_with("stopped (stop requested)\n"), "{}", text(&out.stdout));
+    wait_for_forward(&rig, &mut second);
+    assert_eq!(tunnel_pid(&rig), second.id(), "the restart runs it in its own process");
+
+    let out = rig.xtask(&["restart", "--detach"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = second.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let third = tunnel_pid(&rig);
+    let out = rig.xtask(&["status"]);
+    assert!(text(&out.stdout).contains(&format!("  pid {third}, detached\n")));
+    assert_eq!(redis_ping(&rig), "PONG");
+}
+
+#[test]
+fn start_detach_json_when_running_prints_the_start_fields_and_logs_json_is_refused() {
+    let rig = Rig::start();
+    let out = rig.xtask(&["--json", "start", "--detach"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let started: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&started["state"], &started["already_running"]), (&"up".into(), &false.into()));
+
+    let out = rig.xtask(&["--json", "start", "--detach"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["already_running"], true, "{again}");
+    assert_eq!(again["state"], "up");
+    assert_eq!(again["pid"], started["pid"]);
+    assert_eq!(again["config"], started["config"]);
+
+    let out = rig.xtask(&["--json", "logs"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "error: `tunnel logs` has no --json output: the log is plain text, one line per event; \
+         run it without --json\n"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn connect_timeout_comes_from_tunnel_connect_timeout_and_the_message_names_it() {
+    let rig = Rig::with(Sshd::builder().start(), RedisServer::builder().start(), None);
+    // A "bastion" that completes the TCP handshake (the backlog) and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let env = std::fs::read_to_string(&rig.env_file).unwrap().replace(
+        &format!("BASTION_PORT={}\n", rig.sshd.port()),
+        &format!(
+            "BASTION_PORT={}\nTUNNEL_CONNECT_TIMEOUT=1\n",
+            silent.local_addr().unwrap().port()
+        ),
+    );
+    std::fs::write(&rig.env_file, env).unwrap();
+
+    let started = Instant::now();
+    let out = rig.xtask(&["start"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("timed out after 1s during "), "{stderr}");
+    assert!(stderr.ends_with(", or raise TUNNEL_CONNECT_TIMEOUT\n"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10), "not the 15 s default");
 }

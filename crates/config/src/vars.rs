@@ -76,6 +76,8 @@ pub static VARS: &[VarSpec] = &[
     var("TUNNEL_KEEPALIVE_INTERVAL", Kind::Seconds, "seconds between keepalives").default("15"),
     var("TUNNEL_KEEPALIVE_COUNT", Kind::Count, "unanswered keepalives before reconnecting")
         .default("3"),
+    var("TUNNEL_CONNECT_TIMEOUT", Kind::Seconds, "seconds to connect and log in to the bastion")
+        .default("15"),
     var("ENVIRONMENT", Kind::Environment, "development, test, docker or production")
         .default("development"),
     var("MESH_ROOT", Kind::Path, "checkout of the platform, for the service manifest"),

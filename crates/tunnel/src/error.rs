@@ -128,7 +128,8 @@ pub enum TunnelError {
 
     #[error(
         "timed out after {}s during {what} with the bastion {host}:{port}: check the address \
-         and the security group (a dropped SYN looks like this), or raise the connect timeout",
+         and the security group (a dropped SYN looks like this), or raise \
+         TUNNEL_CONNECT_TIMEOUT",
         after.as_secs_f32()
     )]
     Timeout { what: &'static str, host: String, port: u16, after: Duration },

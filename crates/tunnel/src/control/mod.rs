@@ -24,12 +24,12 @@ pub use client::request;
 pub use detach::{key_is_encrypted, passphrase_for_child, start_detached, DetachRequest};
 pub use engine::SharedTunnel;
 pub use logs::{follow, tail_lines, LOG_ROTATE_BYTES};
-pub use process::{is_ours, stop, StopOutcome, StopVia};
+pub use process::{is_ours, stop, SignalReason, StopOutcome, StopVia};
 pub use protocol::{HealthReply, Reply, Request, StatusReply};
 pub use server::{serve_control, ControlGuard, ControlTarget};
 pub use state::{
-    PidLock, RecordedForward, StateDir, StateRoot, TunnelId, TunnelRecord, MAX_SOCKET_PATH,
-    PRODUCT_DIR,
+    PidLock, RecordedForward, StateDir, StateRoot, TunnelId, TunnelOwner, TunnelRecord,
+    MAX_SOCKET_PATH, PRODUCT_DIR,
 };
 pub use units::{launchd_plist, systemd_unit, ServiceSpec, LAUNCHD_LABEL, SYSTEMD_UNIT_NAME};
 
@@ -69,6 +69,9 @@ pub enum ControlError {
     )]
     NotOurProcess { pid: u32, exe: String, pid_file: PathBuf },
 
+    #[error("{}", owned_by_dev(id, *pid))]
+    OwnedByDev { id: TunnelId, pid: u32 },
+
     #[error("control socket {} sent an unexpected reply: {detail}", path.display())]
     Protocol { path: PathBuf, detail: String },
 
@@ -78,6 +81,9 @@ pub enum ControlError {
         path.display()
     )]
     SocketPathTooLong { path: PathBuf, len: usize },
+
+    #[error("the tunnel on control socket {} refused to stop: {message}", path.display())]
+    StopRefused { path: PathBuf, message: String },
 
     #[error("cannot start the tunnel process {}: {source}", program.display())]
     Spawn { program: PathBuf, source: std::io::Error },
@@ -93,4 +99,10 @@ pub enum ControlError {
 
     #[error("control socket {} did not answer within {waited_ms} ms", path.display())]
     Timeout { path: PathBuf, waited_ms: u128 },
+}
+
+/// What `stop` says of a tunnel `dev` runs in its own process: the control
+/// socket's refusal and [`ControlError::OwnedByDev`] use the same words.
+pub fn owned_by_dev(id: &dyn std::fmt::Display, pid: u32) -> String {
+    format!("tunnel {id} belongs to `cargo xtask dev` (pid {pid}): stop dev with Ctrl+C there")
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::{request, ControlError, Reply, Request, StateDir};
+use super::{request, ControlError, Reply, Request, StateDir, TunnelOwner};
 
 /// How `stop` ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,17 +24,30 @@ pub enum StopOutcome {
 pub enum StopVia {
     /// A `stop` request on the control socket: a graceful shutdown.
     ControlSocket,
-    /// SIGTERM to the recorded pid (the socket did not answer).
-    Sigterm,
+    /// SIGTERM to the recorded pid, because the control socket did not do it.
+    Sigterm(SignalReason),
     /// SIGKILL after SIGTERM went unanswered for the grace period.
     Sigkill,
+}
+
+/// Why a tunnel was signalled instead of stopped over its control socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignalReason {
+    /// The socket was missing, refused the connection or was silent.
+    NoAnswer,
+    /// The socket answered `stopped` but the process still ran after the grace period.
+    NotExited,
+    /// The socket answered something other than `stopped`.
+    UnexpectedReply,
 }
 
 /// Stops the tunnel of `state`: a `stop` on the control socket first; when it
 /// does not answer, SIGTERM to the recorded pid after checking the process
 /// runs our binary (`exes`: the binaries a tunnel of ours may run), SIGKILL
 /// after `grace`. A pid file nobody locks is stale: it is removed and no
-/// process is signalled, whoever has that pid now.
+/// process is signalled, whoever has that pid now. A tunnel `dev` runs is
+/// never stopped nor signalled ([`ControlError::OwnedByDev`]): `dev` would
+/// run on without it, or stop every service on the signal.
 pub async fn stop(
     state: &StateDir,
     exes: &[PathBuf],
@@ -49,18 +62,33 @@ pub async fn stop(
     }
 
     let pid = state.read_pid()?;
-    match request(&state.socket, Request::Stop, grace).await {
-        Ok(Reply::Stopped { pid: stopped }) if wait_unlocked(state, grace).await? => {
-            wait_exited(stopped, grace).await;
-            return Ok(StopOutcome::Stopped { pid: Some(stopped), via: StopVia::ControlSocket });
+    if let Some(record) = state.running_record().filter(|r| r.owner == TunnelOwner::Dev) {
+        return Err(ControlError::OwnedByDev { id: state.id.clone(), pid: record.pid });
+    }
+    let reason = match request(&state.socket, Request::Stop, grace).await {
+        Ok(Reply::Stopped { pid: stopped }) => {
+            if wait_unlocked(state, grace).await? {
+                wait_exited(stopped, grace).await;
+                return Ok(StopOutcome::Stopped {
+                    pid: Some(stopped),
+                    via: StopVia::ControlSocket,
+                });
+            }
+            tracing::warn!(id = %state.id, pid = stopped, "stopped over the control socket but still running");
+            SignalReason::NotExited
+        }
+        Ok(Reply::Error { message }) => {
+            return Err(ControlError::StopRefused { path: state.socket.clone(), message });
         }
         Ok(reply) => {
-            tracing::warn!(id = %state.id, ?reply, "stop over the control socket did not finish")
+            tracing::warn!(id = %state.id, ?reply, "unexpected reply to stop on the control socket");
+            SignalReason::UnexpectedReply
         }
         Err(error) => {
-            tracing::info!(id = %state.id, %error, "control socket unavailable, using the pid")
+            tracing::info!(id = %state.id, %error, "control socket unavailable, using the pid");
+            SignalReason::NoAnswer
         }
-    }
+    };
 
     let Some(pid) = pid else {
         // Locked but no pid yet: a start in its first instant. Wait for it.
@@ -69,19 +97,24 @@ pub async fn stop(
     if let Err(exe) = is_ours(pid, exes) {
         return Err(ControlError::NotOurProcess { pid, exe, pid_file: state.pid_file.clone() });
     }
-    let via = terminate(state, pid, grace).await?;
+    let via = terminate(state, pid, grace, reason).await?;
     state.remove_stale()?;
     Ok(StopOutcome::Stopped { pid: Some(pid), via })
 }
 
 /// SIGTERM, then SIGKILL after `grace`; done when the pid file's lock is free
 /// (the kernel releases it as the process exits, zombie or not).
-async fn terminate(state: &StateDir, pid: u32, grace: Duration) -> Result<StopVia, ControlError> {
+async fn terminate(
+    state: &StateDir,
+    pid: u32,
+    grace: Duration,
+    reason: SignalReason,
+) -> Result<StopVia, ControlError> {
     let target = Pid::from_raw(pid as i32);
     tracing::info!(pid, "sending SIGTERM");
     if kill(target, Signal::SIGTERM).is_err() || wait_unlocked(state, grace).await? {
         wait_exited(pid, grace).await;
-        return Ok(StopVia::Sigterm);
+        return Ok(StopVia::Sigterm(reason));
     }
     tracing::warn!(pid, grace_s = grace.as_secs(), "no exit after SIGTERM, sending SIGKILL");
     let _ = kill(target, Signal::SIGKILL);
@@ -285,6 +318,118 @@ mod tests {
         let status = child.wait().unwrap();
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
         assert!(!state.pid_file.exists());
+    }
+
+    /// A stand-in tunnel process: holds the pid file's lock, wrote its pid
+    /// there, and exits on SIGTERM (it is `sleep`).
+    fn stand_in(state: &StateDir) -> Child {
+        let script = r#"exec 9<>"$1"; flock -n 9 || exit 9; echo $$ >&9; exec sleep 30"#;
+        let child = Command::new("sh")
+            .args(["-c", script, "sh"])
+            .arg(&state.pid_file)
+            .spawn()
+            .expect("sh and flock (util-linux) run");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while state.read_pid().unwrap() != Some(child.id()) || !state.is_locked().unwrap() {
+            assert!(Instant::now() < deadline, "the stand-in never took the lock");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    #[tokio::test]
+    async fn socket_that_answers_stopped_without_exiting_is_not_called_silent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateRoot { dir: tmp.path().into(), runtime_dir: None }.tunnel(&TunnelId::new(
+            "b",
+            22,
+            "u",
+            &[],
+        ));
+        state.create().unwrap();
+        let mut child = stand_in(&state);
+        // A control socket that says `stopped` while the process runs on.
+        let listener = tokio::net::UnixListener::bind(&state.socket).unwrap();
+        let reply = format!("{{\"reply\":\"stopped\",\"pid\":{}}}\n", child.id());
+        tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            tokio::io::BufReader::new(read).read_line(&mut line).await.unwrap();
+            write.write_all(reply.as_bytes()).await.unwrap();
+        });
+
+        let exes = [PathBuf::from("/bin/sleep"), PathBuf::from("/usr/bin/sleep")];
+        let outcome = stop(&state, &exes, Duration::from_millis(300)).await.unwrap();
+        assert_eq!(
+            outcome,
+            StopOutcome::Stopped {
+                pid: Some(child.id()),
+                via: StopVia::Sigterm(SignalReason::NotExited)
+            }
+        );
+        let status = child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(15));
+    }
+
+    #[tokio::test]
+    async fn tunnel_owned_by_dev_is_refused_without_a_stop_request_or_a_signal() {
+        use crate::control::{
+            serve_control, ControlTarget, HealthReply, TunnelOwner, TunnelRecord,
+        };
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+
+        struct Counting(AtomicUsize);
+        impl ControlTarget for Counting {
+            async fn status(&self) -> serde_json::Value {
+                serde_json::json!({ "state": "up" })
+            }
+            async fn health(&self) -> HealthReply {
+                HealthReply { ok: true, latency_ms: None, detail: "PONG".into() }
+            }
+            async fn shutdown(&self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateRoot { dir: tmp.path().into(), runtime_dir: None }.tunnel(&TunnelId::new(
+            "b",
+            22,
+            "u",
+            &[],
+        ));
+        let record = TunnelRecord {
+            id: state.id.to_string(),
+            bastion_host: "b".into(),
+            bastion_port: 22,
+            bastion_user: "u".into(),
+            forwards: vec![],
+            bind_addrs: vec![],
+            socket: state.socket.clone(),
+            pid: std::process::id(),
+            started_at: 0,
+            exe: None,
+            owner: TunnelOwner::Dev,
+            detached: false,
+        };
+        let target = Arc::new(Counting(AtomicUsize::new(0)));
+        let _guard = serve_control(target.clone(), state.lock().unwrap(), record).await.unwrap();
+
+        // Our own binary as the tunnel's: a regression would SIGTERM this test.
+        let err = stop(&state, &our_exes(), Duration::from_secs(2)).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "tunnel {} belongs to `cargo xtask dev` (pid {}): stop dev with Ctrl+C there",
+                state.id,
+                std::process::id()
+            )
+        );
+        assert_eq!(target.0.load(Ordering::SeqCst), 0, "no stop request was sent");
+        assert!(state.is_locked().unwrap());
     }
 
     #[test]

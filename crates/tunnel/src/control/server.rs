@@ -13,7 +13,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{ControlError, HealthReply, PidLock, Reply, Request, StatusReply, TunnelRecord};
+use super::{
+    owned_by_dev, ControlError, HealthReply, PidLock, Reply, Request, StatusReply, TunnelOwner,
+    TunnelRecord,
+};
 
 /// How long a client may take to send a request line before it is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -158,6 +161,11 @@ async fn answer<T: ControlTarget>(request: Request, shared: &Shared<T>) -> Reply
             tunnel: shared.target.status().await,
         }),
         Request::Health => Reply::Health(shared.target.health().await),
+        Request::Stop if record.owner == TunnelOwner::Dev => {
+            // `dev` would lose its tunnel and run on without it: it stops it itself.
+            tracing::warn!("stop requested over the control socket, refused: dev owns the tunnel");
+            Reply::Error { message: owned_by_dev(&record.id, record.pid) }
+        }
         Request::Stop => {
             tracing::info!("stop requested over the control socket");
             shared.target.shutdown().await;
@@ -202,6 +210,8 @@ mod tests {
             pid: std::process::id(),
             started_at: 1_700_000_000,
             exe: None,
+            owner: TunnelOwner::Tunnel,
+            detached: false,
         }
     }
 
@@ -244,6 +254,31 @@ mod tests {
             request(&state.socket, Request::Status, timeout).await,
             Err(ControlError::Connect { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn control_socket_of_a_dev_tunnel_refuses_stop_and_keeps_serving() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = StateRoot { dir: tmp.path().into(), runtime_dir: None };
+        let state = root.tunnel(&TunnelId::new("bastion", 22, "ec2-user", &[]));
+        let fake = Arc::new(FakeTunnel { shutdowns: AtomicUsize::new(0) });
+        let dev = TunnelRecord { owner: TunnelOwner::Dev, ..record(&state) };
+        let guard = serve_control(fake.clone(), state.lock().unwrap(), dev).await.unwrap();
+
+        let timeout = Duration::from_secs(5);
+        let reply = request(&state.socket, Request::Stop, timeout).await.unwrap();
+        let message = format!(
+            "tunnel {} belongs to `cargo xtask dev` (pid {}): stop dev with Ctrl+C there",
+            state.id,
+            std::process::id()
+        );
+        assert_eq!(reply, Reply::Error { message });
+        assert_eq!(fake.shutdowns.load(Ordering::SeqCst), 0);
+        assert!(!*guard.stopped_rx.borrow());
+        match request(&state.socket, Request::Status, timeout).await.unwrap() {
+            Reply::Status(status) => assert_eq!(status.config.owner, TunnelOwner::Dev),
+            other => panic!("expected a status reply, got {other:?}"),
+        }
     }
 
     #[tokio::test]

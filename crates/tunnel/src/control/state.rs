@@ -305,6 +305,17 @@ impl StateDir {
             .map_err(|source| ControlError::BadRecord { path: self.record_file.clone(), source })
     }
 
+    /// The record of the tunnel running now: `None` when none runs or when
+    /// `config.json` is missing, unreadable or names another pid (a previous
+    /// run's record, while a new start has not yet written its own).
+    pub fn running_record(&self) -> Option<TunnelRecord> {
+        if !self.is_locked().ok()? {
+            return None;
+        }
+        let pid = self.read_pid().ok()??;
+        self.read_record().ok().filter(|record| record.pid == pid)
+    }
+
     /// Removes what a dead tunnel left behind: the socket and the pid file.
     /// Only call it when [`StateDir::is_locked`] is false. Returns the paths
     /// removed.
@@ -371,6 +382,24 @@ pub struct TunnelRecord {
     pub started_at: u64,
     /// The binary running the tunnel, to check a pid is ours before a signal.
     pub exe: Option<PathBuf>,
+    /// Which command runs the tunnel: `stop` never stops one that `dev` runs.
+    /// A record written before this field existed reads as `tunnel`.
+    #[serde(default)]
+    pub owner: TunnelOwner,
+    /// Started with `tunnel start --detach`: `restart` starts it detached again.
+    #[serde(default)]
+    pub detached: bool,
+}
+
+/// The command whose process runs a tunnel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelOwner {
+    /// `cargo xtask tunnel start` (in the foreground, detached or as a service).
+    #[default]
+    Tunnel,
+    /// `cargo xtask dev`, for its session: stopping it is `dev`'s job.
+    Dev,
 }
 
 impl TunnelRecord {
@@ -397,6 +426,8 @@ impl TunnelRecord {
             pid: std::process::id(),
             started_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             exe: std::env::current_exe().ok(),
+            owner: TunnelOwner::Tunnel,
+            detached: false,
         }
     }
 }
@@ -571,6 +602,8 @@ mod tests {
             pid: 42,
             started_at: 1_700_000_000,
             exe: None,
+            owner: TunnelOwner::Dev,
+            detached: false,
         };
         prod.write_record(&record).unwrap();
         assert_eq!(prod.read_record().unwrap(), record);
@@ -580,5 +613,28 @@ mod tests {
         assert_eq!(ids, vec![prod.id.clone(), staging.id.clone()]);
         assert_eq!(listed[0].socket, PathBuf::from("/run/elsewhere/control.sock"));
         assert_eq!(listed[1].socket, staging.socket);
+    }
+
+    #[test]
+    fn running_record_is_the_lock_holders_only_and_an_old_record_reads_as_tunnel() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = StateRoot { dir: tmp.path().into(), runtime_dir: None };
+        let state = root.tunnel(&TunnelId::new("b", 22, "u", &[]));
+        state.create().unwrap();
+        // A record from before `owner` and `detached` existed.
+        let old = r#"{"id":"b","bastion_host":"b","bastion_port":22,"bastion_user":"u",
+            "forwards":[],"bind_addrs":[],"socket":"/s","pid":PID,"started_at":0,"exe":null}"#;
+        let write_old =
+            |pid: u32| fs::write(&state.record_file, old.replace("PID", &pid.to_string())).unwrap();
+        write_old(std::process::id());
+        assert_eq!(state.running_record(), None, "nobody holds the lock");
+
+        let _lock = state.lock().unwrap();
+        let record = state.running_record().expect("our pid, our lock");
+        assert_eq!((record.owner, record.detached), (TunnelOwner::Tunnel, false));
+
+        // A previous run's record (another pid) is not the running tunnel's.
+        write_old(std::process::id() + 1);
+        assert_eq!(state.running_record(), None);
     }
 }

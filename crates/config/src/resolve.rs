@@ -42,6 +42,8 @@ pub struct TunnelSettings {
     pub bind: IpAddr,
     pub keepalive_interval: Duration,
     pub keepalive_count: u32,
+    /// Bounds the TCP connect, SSH handshake and authentication with the bastion.
+    pub connect_timeout: Duration,
 }
 
 /// Collects findings while typed values are read.
@@ -70,6 +72,7 @@ pub(crate) fn resolve(
         bind: r.bind_address(),
         keepalive_interval: Duration::from_secs(r.number("TUNNEL_KEEPALIVE_INTERVAL", 1)),
         keepalive_count: r.number("TUNNEL_KEEPALIVE_COUNT", 1) as u32,
+        connect_timeout: Duration::from_secs(r.number("TUNNEL_CONNECT_TIMEOUT", 1)),
     };
     let forwards = r.forwards(redis.as_ref());
     let environment = r.environment();

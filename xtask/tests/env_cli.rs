@@ -112,6 +112,84 @@ fn near_miss_name_warns_with_did_you_mean() {
 }
 
 #[test]
+fn fail_unreadable_secret_line_exits_2_without_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.env"),
+        "BASTION_HOST_IP=1.2.3.4\nREDIS_PASSWORD=\"Sup3r\\zS3cret\"\n",
+    )
+    .unwrap();
+    let out = xtask(dir.path(), &["--env-file", "bad.env", "env"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: bad.env:2: REDIS_PASSWORD: \\z is not a valid escape inside double quotes: write \
+         the value in single quotes, or escape the backslash as \\\\\n"
+    );
+    let out = xtask(dir.path(), &["--env-file", "bad.env", "env", "--json"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let all = stdout(&out) + &stderr(&out);
+    assert!(!all.contains("Sup3r") && !all.contains("S3cret"), "{all}");
+}
+
+#[test]
+fn dollar_replaced_by_nothing_warns_without_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.env"), "REDIS_PASSWORD=abc$NOPE\n").unwrap();
+    let out = xtask(dir.path(), &["--env-file", "a.env", "env"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "warning: a.env:1: REDIS_PASSWORD has a `$` that dotenv read as a reference to a \
+         variable that is not defined and replaced by nothing, so the value used is not the one \
+         written: for a literal `$` put the value in single quotes\n"
+    );
+}
+
+#[test]
+fn wrong_case_warns_and_unknown_secret_looking_values_are_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.env"), "redis_password=x9a\nREDIS_PASWORD=x9b\n").unwrap();
+    let out = xtask(dir.path(), &["--env-file", "a.env", "env"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "warning: a.env:1: redis_password is not a variable this tool reads; did you mean \
+         REDIS_PASSWORD (names are case-sensitive)?\n\
+         warning: a.env:2: REDIS_PASWORD is not a variable this tool reads; did you mean \
+         REDIS_PASSWORD?\n"
+    );
+    let text = stdout(&out);
+    let line = text.lines().find(|l| l.starts_with("REDIS_PASWORD ")).unwrap();
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>(),
+        ["REDIS_PASWORD", "***", "a.env:2", "(passed", "to", "services)"]
+    );
+    assert!(!text.contains("x9"), "{text}");
+}
+
+#[test]
+fn fail_duplicate_port_names_the_flags_that_set_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--set",
+        "ELASTICACHE_ENDPOINT=c.example",
+        "--set",
+        "REDIS_TUNNEL_PORT=41517",
+        "--set",
+        "TUNNEL_EXTRA_FORWARDS=41517:reader.example:6380",
+        "env",
+    ];
+    let out = xtask(dir.path(), &args, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: flag: forwards `redis` (--set REDIS_TUNNEL_PORT) and `extra-41517` (--set \
+         TUNNEL_EXTRA_FORWARDS) both use local port 41517: give each its own port\n"
+    );
+}
+
+#[test]
 fn env_example_loads_without_errors_or_warnings() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../.env.example");
     let dir = tempfile::tempdir().unwrap();

@@ -674,6 +674,24 @@ fn wait_for_forward(rig: &Rig, child: &mut std::process::Child) {
     }
 }
 
+/// A `dev` run by a test, interrupted (then killed) however the test ends.
+struct Dev(std::process::Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if self.0.try_wait().unwrap_or(None).is_none() {
+            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while self.0.try_wait().unwrap_or(None).is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn stop_refuses_the_tunnel_dev_runs_and_never_signals_dev() {
     let rig = Rig::start();
@@ -693,8 +711,8 @@ fn stop_refuses_the_tunnel_dev_runs_and_never_signals_dev() {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     rig.state.apply(&mut dev);
-    let mut dev = dev.spawn().unwrap();
-    wait_for_forward(&rig, &mut dev);
+    let mut dev = Dev(dev.spawn().unwrap());
+    wait_for_forward(&rig, &mut dev.0);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !rig.tunnel_dir().join("control.sock").exists() {
         assert!(Instant::now() < deadline, "dev never served the control socket");
@@ -703,7 +721,7 @@ fn stop_refuses_the_tunnel_dev_runs_and_never_signals_dev() {
     let refusal = format!(
         "tunnel {} belongs to `cargo xtask dev` (pid {}): stop dev with Ctrl+C there",
         rig.tunnel_dir().file_name().unwrap().to_str().unwrap(),
-        dev.id()
+        dev.0.id()
     );
 
     let started = Instant::now();
@@ -722,19 +740,19 @@ fn stop_refuses_the_tunnel_dev_runs_and_never_signals_dev() {
     assert_eq!(json["tunnels"][0]["status"]["config"]["owner"], "dev", "{json}");
     let out = rig.xtask(&["status"]);
     assert!(
-        text(&out.stdout).contains(&format!("  pid {}, run by `cargo xtask dev`\n", dev.id())),
+        text(&out.stdout).contains(&format!("  pid {}, run by `cargo xtask dev`\n", dev.0.id())),
         "{}",
         text(&out.stdout)
     );
 
-    assert!(dev.try_wait().unwrap().is_none(), "dev still runs");
+    assert!(dev.0.try_wait().unwrap().is_none(), "dev still runs");
     assert_eq!(redis_ping(&rig), "PONG", "and so does its tunnel");
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(dev.id() as i32),
+        nix::unistd::Pid::from_raw(dev.0.id() as i32),
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
-    assert_eq!(dev.wait().unwrap().code(), Some(0));
+    assert_eq!(dev.0.wait().unwrap().code(), Some(0));
 }
 
 #[test]

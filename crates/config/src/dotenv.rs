@@ -83,6 +83,10 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Parsed, SyntaxError> {
         let earlier = &assignments[..i];
         let defined = |name: &str| {
             // What dotenvy looks up: the process environment, then the file's earlier keys.
+            // FIXME: dotenvy reads the real process environment, not `LoadOptions::shell`,
+            // so a caller passing its own shell still gets the process's values in `$NAME`
+            // (the same thing for the CLI, which passes `std::env::vars()`); fixing it means
+            // doing the substitution ourselves instead of dotenvy.
             std::env::var(name).is_ok() || earlier.iter().any(|a| a.key == name)
         };
         let refs = scan_value(&assignment.value_text).refs;

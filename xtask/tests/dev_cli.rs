@@ -83,7 +83,7 @@ fn fail_doctor_blocker_stops_dev_before_anything_starts() {
 }
 
 #[test]
-fn doctor_with_the_sandbox_env_file_checks_its_bastion_and_redis_and_skips_aws() {
+fn doctor_with_the_sandbox_env_file_checks_its_bastion_redis_and_the_real_services_and_skips_aws() {
     let dir = tempfile::tempdir().unwrap();
     let xtask = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_xtask"))
@@ -92,6 +92,7 @@ fn doctor_with_the_sandbox_env_file_checks_its_bastion_and_redis_and_skips_aws()
             .env("XTASK_STATE_DIR", dir.path().join("state"))
             .env("HOME", dir.path())
             .env("NO_COLOR", "1")
+            .env_remove("MESH_ROOT")
             .output()
             .unwrap()
     };
@@ -100,8 +101,20 @@ fn doctor_with_the_sandbox_env_file_checks_its_bastion_and_redis_and_skips_aws()
     let json: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap();
     let env_file = json["env_file"].as_str().unwrap().to_string();
 
-    let doctor = xtask(&["--env-file", &env_file, "doctor"]);
+    // Without --sandbox, `dev` would run the manifest's real services: they are checked.
+    let services = xtask(&["--env-file", &env_file, "doctor", "--quick"]);
+    let doctor = xtask(&["--env-file", &env_file, "doctor", "--no-services"]);
     let down = xtask(&["sandbox", "down"]);
+    let report = String::from_utf8_lossy(&services.stdout);
+    assert_eq!(services.status.code(), Some(1), "{report}");
+    assert!(report.contains("[✗] Services"), "{report}");
+    assert!(
+        report.contains(
+            "for the sandbox's stand-in services run `cargo xtask dev --sandbox`, or leave \
+             services out with --no-services"
+        ),
+        "{report}"
+    );
     let report = String::from_utf8_lossy(&doctor.stdout);
     assert_eq!(doctor.status.code(), Some(0), "{report}");
     assert!(report.contains("[-] AWS"), "{report}");

@@ -25,11 +25,17 @@ pub(crate) struct Env<'a> {
 }
 
 impl Env<'_> {
-    /// Checking the sandbox: `--sandbox`, or the env file `sandbox up` wrote (whose
-    /// bastion and Redis are then checked like any other). No AWS, and the
-    /// services are our stand-ins, not the manifest's.
-    pub fn sandbox(&self) -> bool {
+    /// The bastion and Redis are the sandbox's: `--sandbox`, or the env file `sandbox up`
+    /// wrote (MESH_SANDBOX=1; its bastion and Redis are then checked like any other). No AWS.
+    pub fn sandbox_config(&self) -> bool {
         self.options.sandbox || self.config.is_some_and(|c| c.get("MESH_SANDBOX") == Some("1"))
+    }
+
+    /// The services are the sandbox's stand-ins: only `--sandbox` (`dev --sandbox` runs them).
+    /// The sandbox's env file alone does not say so: `dev --env-file <it>` runs the
+    /// manifest's real services against the sandbox's Redis, and they need `go`.
+    pub fn stand_ins(&self) -> bool {
+        self.options.sandbox
     }
 }
 

@@ -135,6 +135,49 @@ async fn missing_go_blocks_only_when_services_will_run_it() {
 }
 
 #[tokio::test]
+async fn sandbox_env_file_skips_aws_but_not_go_when_the_real_services_run() {
+    let fixture = Fixture::new();
+    fixture.tools(&["redis-cli", "ssh", "apt-get"]);
+    let app = fixture.root.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::write(app.join("go.mod"), "module example.com/app\n\ngo 1.22\n").unwrap();
+    let manifest = fixture.write(
+        "services.toml",
+        &format!(
+            "[services.api]\ncommand = [\"go\", \"run\", \".\"]\ncwd = \"app\"\nport = {}\n",
+            free_port()
+        ),
+    );
+    // What `sandbox up` writes, as far as the doctor cares.
+    let env_file = fixture.write(
+        "sandbox.env",
+        "MESH_SANDBOX=1\nELASTICACHE_ENDPOINT=127.0.0.1:6379\nUSE_SSH_TUNNEL_FOR_REDIS=false\n",
+    );
+    let load = || mesh_config::LoadOptions { env_files: vec![env_file.clone()], ..fixture.load() };
+    let services = Options {
+        services: true,
+        quick: true,
+        manifest: Some(manifest.clone()),
+        ..fixture.options()
+    };
+
+    // `dev --env-file sandbox.env`: the manifest's real services run, and they need go.
+    let report = mesh_doctor::Doctor::new(load(), services.clone()).run().await;
+    let go = find(&report, Category::Tools, "go");
+    assert_eq!(go.severity, Severity::Fail, "{go:#?}");
+    assert_eq!(find(&report, Category::Services, "command `go`").severity, Severity::Fail);
+    assert_eq!(category(&report, Category::Aws).severity, Severity::Skip);
+    assert_eq!(report.exit_code, 1);
+
+    // `dev --sandbox`: the stand-ins run, nothing of the manifest matters.
+    let stand_ins = Options { sandbox: true, ..services };
+    let report = mesh_doctor::Doctor::new(load(), stand_ins).run().await;
+    assert_eq!(find(&report, Category::Tools, "go").severity, Severity::Skip);
+    assert_eq!(category(&report, Category::Services).severity, Severity::Skip);
+    assert_eq!(category(&report, Category::Aws).severity, Severity::Skip);
+}
+
+#[tokio::test]
 async fn wrong_host_key_is_refused_with_both_fingerprints() {
     let sshd = Sshd::builder().host_key_types(&[KeyType::Ed25519]).start();
     let mut fixture = Fixture::new();

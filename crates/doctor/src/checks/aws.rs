@@ -18,7 +18,7 @@ struct Source {
 }
 
 pub(crate) async fn check(env: &Env<'_>) -> CategoryReport {
-    if env.sandbox() {
+    if env.sandbox_config() {
         return CategoryReport::skipped(Category::Aws, "not checked: the sandbox needs no AWS");
     }
     if env.options.quick {

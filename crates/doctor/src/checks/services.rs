@@ -12,7 +12,7 @@ use crate::env::{install_hint, Env};
 use crate::{Category, CategoryReport, Check};
 
 pub(crate) async fn check(env: &Env<'_>) -> CategoryReport {
-    if env.sandbox() {
+    if env.stand_ins() {
         let why = "not checked: the sandbox runs its own stand-in services";
         return CategoryReport::skipped(Category::Services, why);
     }
@@ -24,7 +24,15 @@ pub(crate) async fn check(env: &Env<'_>) -> CategoryReport {
     let manifest = match load(env, &path) {
         Ok(manifest) => manifest,
         Err(check) => {
-            let check = (*check).took(started.elapsed());
+            let mut check = (*check).took(started.elapsed());
+            if env.sandbox_config() {
+                // The sandbox's env file without --sandbox: the real services would run.
+                let fix = check.fix.take().unwrap_or_default();
+                check.fix = Some(format!(
+                    "{fix}; for the sandbox's stand-in services run `cargo xtask dev --sandbox`, \
+                     or leave services out with --no-services"
+                ));
+            }
             return CategoryReport::new(
                 Category::Services,
                 "the manifest cannot be used",

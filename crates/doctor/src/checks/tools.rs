@@ -23,7 +23,7 @@ enum Need {
 pub(crate) async fn check(env: &Env<'_>) -> CategoryReport {
     let go = go_need(env);
     let aws = async {
-        if env.sandbox() {
+        if env.sandbox_config() {
             Check::skip("aws", "not needed for the sandbox")
         } else {
             tool(env, "aws", &["--version"], Need::Recommended, "the AWS checks need it").await
@@ -93,7 +93,7 @@ fn missing(env: &Env<'_>, binary: &str, need: Need, why: &str) -> Check {
 
 /// The Go version the manifest's modules ask for, when services will run and run `go`.
 fn go_need(env: &Env<'_>) -> Option<Option<(u32, u32)>> {
-    if !env.options.services || env.sandbox() {
+    if !env.options.services || env.stand_ins() {
         return None;
     }
     services::go_requirement(env)

@@ -453,21 +453,29 @@ async fn run_services(
         reaper: reaper_command(),
     };
     let expected = manifest.select(&args.only)?.len();
+    let graces = manifest.services().iter().map(|s| (s.name.clone(), s.stop_grace)).collect();
     let supervisor = Supervisor::new(manifest, options);
     let stop = supervisor.stop_handle();
     let (events_tx, events_rx) = mpsc::channel(256);
-    let signals = tokio::spawn(forward_signals(stop.clone()));
+    let forced = Arc::new(std::sync::OnceLock::new());
+    let signals = tokio::spawn(forward_signals(stop.clone(), forced.clone()));
     let outages = tunnel_watch(ctx, tunnel);
     let demo = sandbox.map(|s| s.vars().get("REST_API_PORT").cloned().unwrap_or_default());
-    let render = tokio::spawn(render_events(events_rx, ctx.out, expected, demo));
+    let stops = Stops { graces, forced };
+    let render = tokio::spawn(render_events(events_rx, ctx.out, expected, demo, stops));
 
     let outcome = tokio::select! {
         outcome = supervisor.run(events_tx) => outcome,
         _ = outages => unreachable!("the outage watcher never ends on its own"),
     };
     signals.abort();
-    let _ = render.await;
+    let killed = render.await.unwrap_or_default();
     match outcome? {
+        // Still the user's stop, so exit 0 (README, Exit codes); the line says what it cost.
+        Outcome::Stopped if !killed.is_empty() => {
+            ctx.out.say(&format!("all services stopped; killed: {}", killed.join(", ")));
+            Ok(ExitCode::SUCCESS)
+        }
         Outcome::Stopped => {
             ctx.out.say("all services stopped");
             Ok(ExitCode::SUCCESS)
@@ -516,8 +524,9 @@ fn reaper_command() -> Option<std::process::Command> {
     }
 }
 
-/// Ctrl+C, SIGTERM and SIGHUP ask the supervisor to stop; a second one escalates.
-async fn forward_signals(stop: StopHandle) {
+/// Ctrl+C, SIGTERM and SIGHUP ask the supervisor to stop; a second one escalates, and
+/// `forced` records which signal did it, for the lines that say why a service was killed.
+async fn forward_signals(stop: StopHandle, forced: Arc<std::sync::OnceLock<&'static str>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::interrupt()),
@@ -527,12 +536,40 @@ async fn forward_signals(stop: StopHandle) {
         return;
     };
     loop {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-            _ = hup.recv() => {}
+        let name = tokio::select! {
+            _ = int.recv() => "Ctrl+C",
+            _ = term.recv() => "SIGTERM",
+            _ = hup.recv() => "SIGHUP",
+        };
+        if stop.requests() >= 1 {
+            let _ = forced.set(name);
         }
         stop.request();
+    }
+}
+
+/// What the stop lines need: each service's grace, and the signal that forced the stop.
+struct Stops {
+    graces: BTreeMap<String, Duration>,
+    forced: Arc<std::sync::OnceLock<&'static str>>,
+}
+
+impl Stops {
+    /// The line for a service SIGKILLed after `after`: because its grace ran out, or because
+    /// a second signal forced the stop before it did.
+    fn killed(&self, service: &str, after: Duration) -> String {
+        let grace = self.graces.get(service).copied().unwrap_or_default();
+        match self.forced.get() {
+            Some(signal) if after < grace => format!(
+                "{service} killed at the second {signal}, {:.1} s into its {} s stop grace",
+                after.as_secs_f32(),
+                grace.as_secs_f32()
+            ),
+            _ => format!(
+                "{service} did not stop within its {} s stop grace: killed",
+                grace.as_secs_f32()
+            ),
+        }
     }
 }
 
@@ -563,15 +600,18 @@ async fn tunnel_watch(ctx: &Context, tunnel: Option<&DevTunnel>) {
     }
 }
 
-/// Spinners while a service is awaited, then plain log lines.
+/// Spinners while a service is awaited, then plain log lines; returns the services that
+/// had to be killed.
 async fn render_events(
     mut events: mpsc::Receiver<Event>,
     out: crate::output::Output,
     expected: usize,
     demo_port: Option<String>,
-) {
+    stops: Stops,
+) -> Vec<String> {
     let mut spinner: Option<Spinner> = None;
     let mut ready = 0usize;
+    let mut killed = Vec::new();
     while let Some(event) = events.recv().await {
         let line = match event {
             Event::Log(log) => Some(log.rendered),
@@ -607,11 +647,11 @@ async fn render_events(
             Event::Stopping { service, signal } => {
                 Some(paint(out.color, DIM, &format!("stopping {service} ({signal})")))
             }
-            Event::Killed { service, after } => Some(paint(
-                out.color,
-                WARN,
-                &format!("{service} did not stop within {} s: killed", after.as_secs()),
-            )),
+            Event::Killed { service, after } => {
+                let line = stops.killed(&service, after);
+                killed.push(service);
+                Some(paint(out.color, WARN, &line))
+            }
             _ => None,
         };
         if let Some(line) = line {
@@ -624,6 +664,7 @@ async fn render_events(
     if let Some(spinner) = spinner {
         spinner.finish();
     }
+    killed
 }
 
 /// In the sandbox, once every service is ready: one webhook POSTed to rest-api,

@@ -105,3 +105,80 @@ fn dev_sandbox_moves_an_event_end_to_end_and_leaves_nothing() {
         assert!(TcpStream::connect(format!("127.0.0.1:{port}")).is_err(), "port {port} still open");
     }
 }
+
+#[test]
+fn second_ctrl_c_kills_a_stubborn_service_and_says_so_then_exits_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = tmp.path().join("stubborn.toml");
+    // Both ignore SIGTERM (their `sleep` inherits it): `quick` runs out of its grace, `stubborn`
+    // is cut short by the second Ctrl+C, long before its 30 s.
+    let ignore = r#"command = ["sh", "-c", "trap '' TERM; exec sleep 120"]"#;
+    std::fs::write(
+        &manifest,
+        format!(
+            "[services.quick]\n{ignore}\nstop_grace = \"500ms\"\n\n\
+             [services.stubborn]\n{ignore}\nstop_grace = \"30s\"\n"
+        ),
+    )
+    .unwrap();
+    let manifest = manifest.display().to_string();
+    let args = ["--manifest", manifest.as_str(), "--skip-checks"];
+    let (mut child, lines_rx, reader) = common::spawn_dev_sandbox(tmp.path(), &args);
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut stderr = child.stderr.take().unwrap();
+    let wait_for = |prefix: &str, child: &mut std::process::Child| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match lines_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("no line starting with `{prefix}` within 60 s");
+                }
+            }
+        }
+    };
+    // Both ready, in either order.
+    let first = wait_for("", &mut child);
+    let mut ready = 0;
+    let mut line = first;
+    loop {
+        if line.starts_with("stubborn ready") || line.starts_with("quick ready") {
+            ready += 1;
+        }
+        if ready == 2 {
+            break;
+        }
+        line = wait_for("", &mut child);
+    }
+
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGINT).unwrap();
+    let ran_out = wait_for("quick ", &mut child);
+    let ran_out = if ran_out.starts_with("quick did not") {
+        ran_out
+    } else {
+        wait_for("quick did not", &mut child)
+    };
+    assert_eq!(ran_out, "quick did not stop within its 0.5 s stop grace: killed");
+    let forced_at = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    let took = forced_at.elapsed();
+    let out = reader.join().unwrap();
+    let mut err = String::new();
+    stderr.read_to_string(&mut err).unwrap();
+    let shown = format!("stdout:\n{}\nstderr:\n{err}", out.join("\n"));
+
+    assert_eq!(status.code(), Some(0), "{shown}");
+    assert!(took < Duration::from_secs(10), "the second Ctrl+C took {took:?} to stop dev");
+    let line = out.iter().find(|l| l.starts_with("stubborn killed")).expect(&shown);
+    assert!(line.starts_with("stubborn killed at the second Ctrl+C, "), "{line}");
+    assert!(line.ends_with(" s into its 30 s stop grace"), "{line}");
+    assert!(out.iter().any(|l| l == "all services stopped; killed: quick, stubborn"), "{shown}");
+    let warned: Vec<&str> = err.lines().filter(|l| l.contains("service killed")).collect();
+    let stubborn = warned.iter().find(|l| l.contains("stubborn")).expect(&shown);
+    assert!(stubborn.contains("a second stop request forced it"), "{shown}");
+    let quick = warned.iter().find(|l| l.contains("quick")).expect(&shown);
+    assert!(quick.contains("killed after its grace period"), "{shown}");
+}

@@ -785,8 +785,17 @@ async fn stop(shared: &Shared, idx: usize, mut running: Running) {
     running.ended = true;
     shared.group_gone(running.pgid);
     if ended == Ended::Killed {
-        tracing::warn!(service = %service.name, "service killed after its grace period");
-        shared.emit(Event::Killed { service: service.name.clone(), after: began.elapsed() }).await;
+        let after = began.elapsed();
+        if *shared.escalate.borrow() && after < service.stop_grace {
+            tracing::warn!(
+                service = %service.name,
+                ?after,
+                "service killed: a second stop request forced it before its grace period ended"
+            );
+        } else {
+            tracing::warn!(service = %service.name, "service killed after its grace period");
+        }
+        shared.emit(Event::Killed { service: service.name.clone(), after }).await;
     }
     drain(std::mem::take(&mut running.pumps)).await;
     shared.file(idx).line(std::time::SystemTime::now(), "--- stopped");

@@ -295,6 +295,25 @@ async fn identity_file_of_the_ssh_config_alias_is_the_key_checked() {
 }
 
 #[tokio::test]
+async fn silent_ssh_server_times_out_naming_the_doctors_own_timeout() {
+    // Accepts TCP (the kernel does, backlog) and never says a word: the handshake times out.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sshd = Sshd::builder().start();
+    let mut fixture = Fixture::new();
+    fixture
+        .bastion(&sshd, "127.0.0.1:6379".parse().unwrap())
+        .set("BASTION_PORT", silent.local_addr().unwrap().port());
+    let options = mesh_doctor::Options { timeout: Duration::from_secs(1), ..fixture.options() };
+
+    let report = fixture.run(options).await;
+    assert_eq!(find(&report, Category::Bastion, "tcp").severity, Severity::Ok);
+    let ssh = find(&report, Category::Bastion, "ssh");
+    assert_eq!(ssh.severity, Severity::Fail);
+    assert!(ssh.message.contains("timed out after 1s during the SSH handshake"), "{}", ssh.message);
+    assert!(ssh.message.ends_with("give the doctor a longer --timeout"), "{}", ssh.message);
+}
+
+#[tokio::test]
 async fn closed_bastion_port_is_told_apart_from_a_cache_the_bastion_cannot_reach() {
     let sshd = Sshd::builder().start();
     let closed = free_port();

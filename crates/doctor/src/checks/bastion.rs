@@ -194,7 +194,12 @@ fn proven(spec: &TunnelSpec, user: &str) -> Vec<Check> {
 
 /// Which step refused, from the tunnel's own error; the steps before it passed.
 fn refused(spec: &TunnelSpec, user: &str, error: TunnelError) -> Vec<Check> {
-    let message = error.to_string();
+    let mut message = error.to_string();
+    if let TunnelError::Timeout { .. } = error {
+        // Here the bound is the doctor's own, not the tunnel's variable.
+        message =
+            message.replace("raise TUNNEL_CONNECT_TIMEOUT", "give the doctor a longer --timeout");
+    }
     let fixed_in_message = "";
     let host_key_ok = Check::ok("host key", format!("matches {}", spec.known_hosts.display()));
     let auth_ok = Check::ok("authentication", format!("accepted as `{user}`"));

@@ -2,7 +2,7 @@
 
 use crate::context::Context;
 use crate::output::{table, BOLD, DIM};
-use mesh_config::{Config, Origin, Row};
+use mesh_config::{Config, ConfigError, Finding, Origin, Row};
 use mesh_tunnel::ssh_config::Key;
 use std::path::Path;
 use std::process::ExitCode;
@@ -15,7 +15,16 @@ pub struct EnvArgs {
 }
 
 pub fn run(args: EnvArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
-    let config = ctx.config()?;
+    // An invalid value still shows the table (the diagnostic command must not refuse to
+    // diagnose); the errors follow it, and the exit code is a configuration error's.
+    let (config, errors) = match ctx.config() {
+        Ok(config) => (config, Vec::new()),
+        Err(e) => match e.downcast::<ConfigError>() {
+            Ok(ConfigError::Invalid { findings, partial }) => (*partial, findings),
+            Ok(other) => return Err(other.into()),
+            Err(e) => return Err(e),
+        },
+    };
     let mut rows = config.rows();
     if let Err(e) = apply_ssh_alias(&config, &mut rows) {
         ctx.out.warn(&format!("{e:#}"));
@@ -26,9 +35,10 @@ pub fn run(args: EnvArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             "files": config.files,
             "variables": rows,
             "warnings": config.warnings,
+            "errors": errors,
         });
         ctx.out.json(&report)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(exit_code(&errors));
     }
 
     let files: Vec<String> = config.files.iter().map(|p| p.display().to_string()).collect();
@@ -53,7 +63,19 @@ pub fn run(args: EnvArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         lines.push(vec![row.name.clone(), value, source]);
     }
     ctx.out.say(table(&lines).trim_end());
-    Ok(ExitCode::SUCCESS)
+    for error in &errors {
+        crate::output::error_line(ctx.out.color, &error.to_string());
+    }
+    Ok(exit_code(&errors))
+}
+
+/// 2 when a value is invalid, as for every configuration error; 0 otherwise.
+fn exit_code(errors: &[Finding]) -> ExitCode {
+    if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
 }
 
 /// Shows for the bastion's host, port, user and key the value a `Host` alias of

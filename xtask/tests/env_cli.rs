@@ -419,3 +419,25 @@ fn tunnel_start_with_an_ssh_config_include_loop_exits_2_naming_the_file() {
     );
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn env_with_an_invalid_value_still_shows_the_table_then_the_error_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.env"),
+        "BASTION_HOST_IP=\nELASTICACHE_ENDPOINT=c.example\nREDIS_PASSWORD=hunter2\n",
+    )
+    .unwrap();
+    let out = xtask(dir.path(), &["--env-file", "bad.env", "env"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.lines().any(|l| l.starts_with("ELASTICACHE_ENDPOINT ")), "{text}");
+    assert!(text.contains("***") && !text.contains("hunter2"), "{text}");
+    assert!(stderr(&out).contains("bad.env:1: BASTION_HOST_IP is empty"), "{}", stderr(&out));
+
+    let out = xtask(dir.path(), &["--env-file", "bad.env", "--json", "env"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["errors"][0]["var"], "BASTION_HOST_IP", "{json}");
+    assert!(json["variables"].as_array().unwrap().len() > 5, "{json}");
+}

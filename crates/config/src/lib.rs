@@ -56,8 +56,10 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{}:{}: {}", .0.path.display(), .0.line, .0.message)]
     Syntax(SyntaxError),
+    /// `partial` is the configuration as far as it could be read, the invalid values
+    /// left unresolved: `env` shows it so the user can see what is wrong.
     #[error("{}", findings.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-    Invalid { findings: Vec<Finding> },
+    Invalid { findings: Vec<Finding>, partial: Box<Config> },
     #[error(
         "{var} is not set, and {needed_for} needs it: add `{var}=...` to .env \
          (see .env.example for every variable), or export it"

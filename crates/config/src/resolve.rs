@@ -81,10 +81,7 @@ pub(crate) fn resolve(
     r.secret_whitespace();
 
     let Reader { errors, warnings, .. } = r;
-    if !errors.is_empty() {
-        return Err(ConfigError::Invalid { findings: errors });
-    }
-    Ok(Config {
+    let config = Config {
         values,
         shell,
         files,
@@ -96,7 +93,11 @@ pub(crate) fn resolve(
         environment,
         mesh_root,
         state_root,
-    })
+    };
+    if !errors.is_empty() {
+        return Err(ConfigError::Invalid { findings: errors, partial: Box::new(config) });
+    }
+    Ok(config)
 }
 
 /// `$XDG_STATE_HOME/mesh-dev`, else `~/.local/state/mesh-dev`.

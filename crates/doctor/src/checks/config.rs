@@ -180,7 +180,7 @@ pub(crate) fn no_tunnel_reason(config: &Config) -> &'static str {
 /// A configuration that did not load: one `[✗]` per bad value.
 fn load_error(error: &ConfigError) -> Vec<Check> {
     match error {
-        ConfigError::Invalid { findings } => findings
+        ConfigError::Invalid { findings, .. } => findings
             .iter()
             .map(|f| {
                 Check::fail(f.var.clone(), f.to_string(), "correct the value as the message says")

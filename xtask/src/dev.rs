@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -70,12 +71,27 @@ async fn dev(args: DevArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         .into());
     }
     check_manifest_args(&args, ctx)?;
+    // Until the services run, Ctrl+C (or SIGTERM/SIGHUP) abandons the start-up: what was
+    // started (the sandbox, the tunnel) is dropped, which stops it and removes its files.
+    let interrupted = early_signal();
+    tokio::pin!(interrupted);
     if !args.sandbox {
-        return pipeline(&args, ctx, None).await;
+        return tokio::select! {
+            biased; // the listeners are registered before anything else starts
+            name = &mut interrupted => Ok(abandoned(ctx, name)),
+            result = pipeline(&args, ctx, None) => result,
+        };
     }
     let spinner = Spinner::start(ctx, "starting the sandbox: bastion and redis-server");
     let options = mesh_sandbox::SandboxOptions { tls: args.tls, ..Default::default() };
-    let sandbox = mesh_sandbox::Sandbox::up(options).await;
+    let sandbox = tokio::select! {
+        biased; // the listeners are registered before anything else starts
+        name = &mut interrupted => {
+            spinner.finish();
+            return Ok(abandoned(ctx, name));
+        }
+        sandbox = mesh_sandbox::Sandbox::up(options) => sandbox,
+    };
     spinner.finish();
     let sandbox = sandbox.context("start the sandbox")?;
     ctx.out.say(&format!(
@@ -84,11 +100,52 @@ async fn dev(args: DevArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         sandbox.endpoint(),
         sandbox.dir().display()
     ));
-    let result = pipeline(&args, ctx, Some(&sandbox)).await;
+    let result = tokio::select! {
+        biased;
+        name = &mut interrupted => Ok(abandoned(ctx, name)),
+        result = pipeline(&args, ctx, Some(&sandbox)) => result,
+    };
     let down = sandbox.shutdown().await.context("stop the sandbox");
     let code = result?;
     down?;
     Ok(code)
+}
+
+/// Set when the supervisor's ordered shutdown takes the signals over (see `early_signal`).
+static SUPERVISING: AtomicBool = AtomicBool::new(false);
+
+/// The first Ctrl+C, SIGTERM or SIGHUP that arrives before the services run; pending forever
+/// after (the supervisor's `forward_signals` answers them then).
+async fn early_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return std::future::pending().await;
+    };
+    loop {
+        let name = tokio::select! {
+            _ = int.recv() => "Ctrl+C",
+            _ = term.recv() => "SIGTERM",
+            _ = hup.recv() => "SIGHUP",
+        };
+        if !SUPERVISING.load(Ordering::SeqCst) {
+            return name;
+        }
+    }
+}
+
+/// The line and exit code (130, as a shell reports an interrupted command) of a start-up
+/// abandoned by a signal.
+fn abandoned(ctx: &Context, signal: &str) -> ExitCode {
+    ctx.out.say(&paint(
+        ctx.out.color,
+        DIM,
+        &format!("{signal}: start-up abandoned, nothing left running"),
+    ));
+    ExitCode::from(130)
 }
 
 /// `--manifest` and `--only`, checked before anything starts (the sandbox, the tunnel): the
@@ -458,7 +515,10 @@ async fn run_services(
     let stop = supervisor.stop_handle();
     let (events_tx, events_rx) = mpsc::channel(256);
     let forced = Arc::new(std::sync::OnceLock::new());
-    let signals = tokio::spawn(forward_signals(stop.clone(), forced.clone()));
+    // The listeners exist before the early ones stand down: no signal falls between them.
+    let listeners = signal_listeners();
+    SUPERVISING.store(true, Ordering::SeqCst);
+    let signals = tokio::spawn(forward_signals(listeners, stop.clone(), forced.clone()));
     let outages = tunnel_watch(ctx, tunnel);
     let demo = sandbox.map(|s| s.vars().get("REST_API_PORT").cloned().unwrap_or_default());
     let stops = Stops { graces, forced };
@@ -526,15 +586,22 @@ fn reaper_command() -> Option<std::process::Command> {
 
 /// Ctrl+C, SIGTERM and SIGHUP ask the supervisor to stop; a second one escalates, and
 /// `forced` records which signal did it, for the lines that say why a service was killed.
-async fn forward_signals(stop: StopHandle, forced: Arc<std::sync::OnceLock<&'static str>>) {
+/// Ctrl+C, SIGTERM and SIGHUP listeners; None if one cannot be registered.
+fn signal_listeners() -> Option<[tokio::signal::unix::Signal; 3]> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        return;
-    };
+    Some([
+        signal(SignalKind::interrupt()).ok()?,
+        signal(SignalKind::terminate()).ok()?,
+        signal(SignalKind::hangup()).ok()?,
+    ])
+}
+
+async fn forward_signals(
+    listeners: Option<[tokio::signal::unix::Signal; 3]>,
+    stop: StopHandle,
+    forced: Arc<std::sync::OnceLock<&'static str>>,
+) {
+    let Some([mut int, mut term, mut hup]) = listeners else { return };
     loop {
         let name = tokio::select! {
             _ = int.recv() => "Ctrl+C",

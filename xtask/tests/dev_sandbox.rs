@@ -112,7 +112,9 @@ fn second_ctrl_c_kills_a_stubborn_service_and_says_so_then_exits_0() {
     let manifest = tmp.path().join("stubborn.toml");
     // Both ignore SIGTERM (their `sleep` inherits it): `quick` runs out of its grace, `stubborn`
     // is cut short by the second Ctrl+C, long before its 30 s.
-    let ignore = r#"command = ["sh", "-c", "trap '' TERM; exec sleep 120"]"#;
+    // Ready only once the trap is set: a SIGTERM before it would end them at once.
+    let ignore = r#"command = ["sh", "-c", "trap '' TERM; echo armed; exec sleep 120"]
+ready = { log_line = "armed", interval = "50ms", retries = 200 }"#;
     std::fs::write(
         &manifest,
         format!(

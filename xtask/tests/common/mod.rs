@@ -1,5 +1,7 @@
 //! Helpers shared by the xtask CLI tests that watch the processes and files a
 //! `dev --sandbox` run leaves (or must not leave) behind.
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

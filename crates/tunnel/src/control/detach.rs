@@ -170,7 +170,6 @@ fn read_from(state: &StateDir, offset: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{StateRoot, TunnelId};
 
     #[test]
     fn failure_reason_prefers_the_error_lines() {
@@ -204,13 +203,7 @@ mod tests {
     #[tokio::test]
     async fn detached_child_that_exits_reports_its_log() {
         let tmp = tempfile::tempdir().unwrap();
-        let state = StateRoot { dir: tmp.path().into(), runtime_dir: None }.tunnel(&TunnelId::new(
-            "b",
-            22,
-            "u",
-            &[],
-        ));
-        state.create().unwrap();
+        let state = crate::control::state::test_state(tmp.path());
         std::fs::write(&state.log_file, "an earlier run\n").unwrap();
         let req = DetachRequest {
             program: "/bin/sh".into(),
@@ -234,12 +227,7 @@ mod tests {
     #[tokio::test]
     async fn detached_child_that_never_verifies_is_stopped_at_the_deadline() {
         let tmp = tempfile::tempdir().unwrap();
-        let state = StateRoot { dir: tmp.path().into(), runtime_dir: None }.tunnel(&TunnelId::new(
-            "b",
-            22,
-            "u",
-            &[],
-        ));
+        let state = crate::control::state::test_state(tmp.path());
         let req = DetachRequest {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "echo connecting; exec sleep 30".into()],

@@ -205,7 +205,6 @@ fn running_exe(pid: u32) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{StateRoot, TunnelId};
     use std::process::{Child, Command};
 
     /// A process that is not ours, killed when the test ends.
@@ -237,13 +236,7 @@ mod tests {
     #[tokio::test]
     async fn stale_pid_file_is_cleaned_without_signalling_its_pid() {
         let tmp = tempfile::tempdir().unwrap();
-        let state = StateRoot { dir: tmp.path().into(), runtime_dir: None }.tunnel(&TunnelId::new(
-            "b",
-            22,
-            "u",
-            &[],
-        ));
-        state.create().unwrap();
+        let state = crate::control::state::test_state(tmp.path());
         let mut sleeper = Sleeper::start();
         std::fs::write(&state.pid_file, format!("{}\n", sleeper.pid())).unwrap();
         std::fs::write(&state.socket, b"").unwrap();
@@ -263,12 +256,7 @@ mod tests {
     #[tokio::test]
     async fn locked_pid_file_naming_another_program_is_refused_not_killed() {
         let tmp = tempfile::tempdir().unwrap();
-        let state = StateRoot { dir: tmp.path().into(), runtime_dir: None }.tunnel(&TunnelId::new(
-            "b",
-            22,
-            "u",
-            &[],
-        ));
+        let state = crate::control::state::test_state(tmp.path());
         let _lock = state.lock().unwrap();
         let mut sleeper = Sleeper::start();
         // The lock is held (by this test) but the pid names `sleep`, and the
@@ -290,13 +278,7 @@ mod tests {
     #[tokio::test]
     async fn process_ignoring_sigterm_is_killed_after_the_grace_period() {
         let tmp = tempfile::tempdir().unwrap();
-        let state = StateRoot { dir: tmp.path().into(), runtime_dir: None }.tunnel(&TunnelId::new(
-            "b",
-            22,
-            "u",
-            &[],
-        ));
-        state.create().unwrap();
+        let state = crate::control::state::test_state(tmp.path());
         // A stand-in tunnel: it ignores SIGTERM, holds the pid file's lock
         // and wrote its pid there, as a hung tunnel would have.
         let script =
@@ -340,13 +322,7 @@ mod tests {
     #[tokio::test]
     async fn socket_that_answers_stopped_without_exiting_is_not_called_silent() {
         let tmp = tempfile::tempdir().unwrap();
-        let state = StateRoot { dir: tmp.path().into(), runtime_dir: None }.tunnel(&TunnelId::new(
-            "b",
-            22,
-            "u",
-            &[],
-        ));
-        state.create().unwrap();
+        let state = crate::control::state::test_state(tmp.path());
         let mut child = stand_in(&state);
         // A control socket that says `stopped` while the process runs on.
         let listener = tokio::net::UnixListener::bind(&state.socket).unwrap();
@@ -395,12 +371,7 @@ mod tests {
         }
 
         let tmp = tempfile::tempdir().unwrap();
-        let state = StateRoot { dir: tmp.path().into(), runtime_dir: None }.tunnel(&TunnelId::new(
-            "b",
-            22,
-            "u",
-            &[],
-        ));
+        let state = crate::control::state::test_state(tmp.path());
         let record = TunnelRecord {
             id: state.id.to_string(),
             bastion_host: "b".into(),

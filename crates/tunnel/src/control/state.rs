@@ -452,6 +452,15 @@ impl From<&Forward> for RecordedForward {
     }
 }
 
+/// A tunnel's state directory under `root`, created: the other control modules' unit tests.
+#[cfg(test)]
+pub(crate) fn test_state(root: &Path) -> StateDir {
+    let id = TunnelId::new("b", 22, "u", &[]);
+    let state = StateRoot { dir: root.into(), runtime_dir: None }.tunnel(&id);
+    state.create().unwrap();
+    state
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,19 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{alive, descendants, env_value};
 
+/// `cargo xtask ARGS` run in `dir`, with its state and HOME there and no MESH_ROOT.
+fn xtask_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(dir)
+        .args(args)
+        .env("XTASK_STATE_DIR", dir.join("state"))
+        .env("HOME", dir)
+        .env("NO_COLOR", "1")
+        .env_remove("MESH_ROOT")
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn fail_default_manifest_without_checkout_says_how_to_set_mesh_root() {
     let dir = tempfile::tempdir().unwrap();
@@ -85,17 +98,7 @@ fn fail_doctor_blocker_stops_dev_before_anything_starts() {
 #[test]
 fn doctor_with_the_sandbox_env_file_checks_its_bastion_redis_and_the_real_services_and_skips_aws() {
     let dir = tempfile::tempdir().unwrap();
-    let xtask = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .current_dir(dir.path())
-            .args(args)
-            .env("XTASK_STATE_DIR", dir.path().join("state"))
-            .env("HOME", dir.path())
-            .env("NO_COLOR", "1")
-            .env_remove("MESH_ROOT")
-            .output()
-            .unwrap()
-    };
+    let xtask = |args: &[&str]| xtask_in(dir.path(), args);
     let up = xtask(&["sandbox", "up", "--json"]);
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
     let json: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap();
@@ -126,16 +129,7 @@ fn doctor_with_the_sandbox_env_file_checks_its_bastion_redis_and_the_real_servic
 #[test]
 fn sandbox_down_stops_the_tunnel_started_by_hand_through_it() {
     let dir = tempfile::tempdir().unwrap();
-    let xtask = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .current_dir(dir.path())
-            .args(args)
-            .env("XTASK_STATE_DIR", dir.path().join("state"))
-            .env("HOME", dir.path())
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap()
-    };
+    let xtask = |args: &[&str]| xtask_in(dir.path(), args);
     /// Stops whatever a failed assertion would leave running.
     struct Cleanup<F: Fn(&[&str]) -> std::process::Output>(F);
     impl<F: Fn(&[&str]) -> std::process::Output> Drop for Cleanup<F> {
@@ -267,18 +261,7 @@ fn fail_missing_key_file_exits_2_from_dev_with_or_without_checks_and_1_from_doct
         "[services.app]\ncommand = [\"sleep\", \"30\"]\ncwd = \".\"\n",
     )
     .unwrap();
-    let xtask = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .current_dir(dir.path())
-            .arg("--env-file")
-            .arg("dev.env")
-            .args(args)
-            .env("XTASK_STATE_DIR", dir.path().join("state"))
-            .env("HOME", dir.path())
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap()
-    };
+    let xtask = |args: &[&str]| xtask_in(dir.path(), &[&["--env-file", "dev.env"], args].concat());
     let unreadable = format!(
         "cannot read the private key {}: No such file or directory (os error 2): check \
          BASTION_KEY_FILE\n",

@@ -240,15 +240,7 @@ fn write_config(
         dir = quoted(dir),
         log = quoted(log),
     );
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|err| SandboxError::io("create", path, err))?;
-    file.write_all(text.as_bytes()).map_err(|err| SandboxError::io("write", path, err))
+    crate::tls::private_file(path, text.as_bytes())
 }
 
 /// True when the server on `port` answers AUTH and PING.

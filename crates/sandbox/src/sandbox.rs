@@ -8,9 +8,7 @@ use crate::redis_server::LocalRedis;
 use crate::tls::TlsFiles;
 use crate::{Result, SandboxError};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use tracing::{debug, info};
@@ -290,12 +288,5 @@ fn write_env_file(path: &Path, vars: &BTreeMap<String, String>) -> Result<()> {
             text.push_str(&format!("{name}='{value}'\n"));
         }
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|err| SandboxError::io("create", path, err))?;
-    file.write_all(text.as_bytes()).map_err(|err| SandboxError::io("write", path, err))
+    crate::tls::private_file(path, text.as_bytes())
 }

@@ -165,7 +165,7 @@ fn openssl_run(openssl: &Path, step: &'static str, args: &[&std::ffi::OsStr]) ->
 }
 
 /// Creates `path` with mode 0600 holding `bytes`.
-fn private_file(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn private_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

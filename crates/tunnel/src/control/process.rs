@@ -279,20 +279,8 @@ mod tests {
     async fn process_ignoring_sigterm_is_killed_after_the_grace_period() {
         let tmp = tempfile::tempdir().unwrap();
         let state = crate::control::state::test_state(tmp.path());
-        // A stand-in tunnel: it ignores SIGTERM, holds the pid file's lock
-        // and wrote its pid there, as a hung tunnel would have.
-        let script =
-            r#"trap "" TERM; exec 9<>"$1"; flock -n 9 || exit 9; echo $$ >&9; exec sleep 30"#;
-        let mut child = Command::new("sh")
-            .args(["-c", script, "sh"])
-            .arg(&state.pid_file)
-            .spawn()
-            .expect("sh and flock (util-linux) run");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while state.read_pid().unwrap() != Some(child.id()) || !state.is_locked().unwrap() {
-            assert!(Instant::now() < deadline, "the stand-in never took the lock");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // A stand-in that ignores SIGTERM, as a hung tunnel would.
+        let mut child = stand_in(&state, true);
 
         let exes = [PathBuf::from("/bin/sleep"), PathBuf::from("/usr/bin/sleep")];
         let outcome = stop(&state, &exes, Duration::from_millis(300)).await.unwrap();
@@ -303,11 +291,13 @@ mod tests {
     }
 
     /// A stand-in tunnel process: holds the pid file's lock, wrote its pid
-    /// there, and exits on SIGTERM (it is `sleep`).
-    fn stand_in(state: &StateDir) -> Child {
-        let script = r#"exec 9<>"$1"; flock -n 9 || exit 9; echo $$ >&9; exec sleep 30"#;
+    /// there, and exits on SIGTERM (it is `sleep`) unless `ignore_term`.
+    fn stand_in(state: &StateDir, ignore_term: bool) -> Child {
+        let trap = if ignore_term { r#"trap "" TERM; "# } else { "" };
+        let script =
+            format!(r#"{trap}exec 9<>"$1"; flock -n 9 || exit 9; echo $$ >&9; exec sleep 30"#);
         let child = Command::new("sh")
-            .args(["-c", script, "sh"])
+            .args(["-c", &script, "sh"])
             .arg(&state.pid_file)
             .spawn()
             .expect("sh and flock (util-linux) run");
@@ -323,7 +313,7 @@ mod tests {
     async fn socket_that_answers_stopped_without_exiting_is_not_called_silent() {
         let tmp = tempfile::tempdir().unwrap();
         let state = crate::control::state::test_state(tmp.path());
-        let mut child = stand_in(&state);
+        let mut child = stand_in(&state, false);
         // A control socket that says `stopped` while the process runs on.
         let listener = tokio::net::UnixListener::bind(&state.socket).unwrap();
         let reply = format!("{{\"reply\":\"stopped\",\"pid\":{}}}\n", child.id());

@@ -26,6 +26,7 @@ Exit codes:
   0  success
   1  the thing checked is not right (a doctor [✗], a failed check, a service failed)
   2  usage or configuration error (a missing or unusable key file included)
+  130  dev interrupted before its services ran (what it started is stopped)
   tunnel status: 0 up and healthy, 1 degraded or reconnecting, 3 not running, 4 unknown";
 
 /// The developer workflow: checks, SSH tunnel to Redis, and the platform's services.
